@@ -1,0 +1,27 @@
+# Two entry points (see README): `make demo` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.fusegen-installed
+
+.PHONY: demo test test-slow bench venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev,text,bench]"
+	touch $(STAMP)
+
+demo: $(STAMP)   ## a real experiment per capability, a results table and pictures under runs/demo/
+	$(PY) -m experiments.demo
+
+test: $(STAMP)   ## the default test suite (slow tests excluded)
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,12 @@
+"""LightningDataModules yielding fusegen's dict batches.
+
+Batch contract: ``{"image": Tensor, "audio": Tensor, "text": {"input_ids", "attention_mask"},
+"label": LongTensor[B], "present": {modality: BoolTensor[B]}}`` -- modalities a dataset does not
+have are simply absent from the dict; a modality missing for *some* samples is marked False in
+``present`` (and blanked), never silently zero-filled.
+"""
+
+from datamodules.paths import cache_dir, default_data_root, resolve_data_root
+from datamodules.synthetic import SyntheticMultimodalDataModule
+
+__all__ = ["SyntheticMultimodalDataModule", "cache_dir", "default_data_root", "resolve_data_root"]

@@ -1,0 +1,1 @@
+"""The `fusegen` command line (LightningCLI), experiment configs, benchmarks and the demo."""

@@ -1,0 +1,1 @@
+"""GANs: generators, discriminators, the GAN LightningModule, sample and metric callbacks."""
