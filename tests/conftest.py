@@ -1,0 +1,40 @@
+"""Shared test fixtures.
+
+- Derived-data caches go to a per-session temp dir (FUSEGEN_CACHE), so tests never depend on
+  or pollute ~/.cache/fusegen; a build done by one test is reused by the next in the session.
+- ``data_root`` is the real-data root (../shared/data or FUSEGEN_DATA); tests that need it skip,
+  with the reason, only when it is absent (CI has it).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from datamodules.paths import default_data_root
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    if not os.environ.get("FUSEGEN_CACHE_KEEP"):
+        os.environ["FUSEGEN_CACHE"] = str(tmp_path_factory.mktemp("fusegen-cache"))
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    root = default_data_root()
+    if not (root / "MNIST").is_dir():
+        pytest.skip(f"real data not found at {root} (set FUSEGEN_DATA); CI has ../shared/data")
+    return root
+
+
+@pytest.fixture
+def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run inside a temp dir so runs/ lands there."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
