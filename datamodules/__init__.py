@@ -10,3 +10,8 @@ from datamodules.paths import cache_dir, default_data_root, resolve_data_root
 from datamodules.synthetic import SyntheticMultimodalDataModule
 
 __all__ = ["SyntheticMultimodalDataModule", "cache_dir", "default_data_root", "resolve_data_root"]
+
+from datamodules.avmnist import AVMNISTDataModule  # noqa: E402
+from datamodules.mnist import MNISTDataModule  # noqa: E402
+
+__all__ += ["AVMNISTDataModule", "MNISTDataModule"]

@@ -1,0 +1,320 @@
+"""AV-MNIST: each MNIST image paired with a spoken recording (FSDD) of the same digit.
+
+The benchmark of CentralNet (Vielzeuf et al., 2018) and MultiBench (Liang et al., 2021):
+
+- splits as MultiBench: train = first 55,000 MNIST training images, val = last 5,000,
+  test = the 10,000 MNIST test images;
+- ``split="speaker"`` (default): test audio comes only from the held-out speaker ``yweweler``
+  (as the original AV-MNIST generator), train/val audio from the other five speakers, val
+  recordings (takes 0-4) disjoint from train recordings (takes 5-49);
+  ``split="recording"``: FSDD's official split (takes 0-4 of every speaker are test),
+  val = takes 5-9, train = takes 10-49. No recording is ever in two splits;
+- image: 28x28 in [0, 1]; with ``reduce_image`` it is projected onto the principal components
+  (fitted on the 55,000 training images only) that keep ``image_energy`` (25%) of the variance,
+  so neither modality alone is enough;
+- audio: ``"spectrogram"`` -> ``[B, 1, 112, 112]`` (see ``datamodules.audio``) or
+  ``"waveform"`` -> ``[B, audio_length]`` at 8 kHz; optional additive Gaussian noise with RMS
+  ``audio_noise`` x the clip's RMS, drawn per sample from the seed (same noise every epoch);
+- pairing: within each split and digit, the split's recordings are cycled in a seeded random
+  order, so each recording is used about equally often; deterministic from ``seed``.
+
+The built arrays (MNIST, PCA basis, the 3,000 clips and their spectrograms, pairings) are cached
+in ``cache_dir("avmnist", <hash of build params>)`` as safetensors; a second run loads them in
+about a second. ``export_multibench(out_dir)`` writes MultiBench's ``.npy`` layout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from datamodules.audio import SpectrogramFeatures, per_sample_noise, signal_rms
+from datamodules.base import BatchedDataset, RealDataModule
+from datamodules.paths import cache_dir, resolve_data_root
+from datamodules.sources import load_mnist, read_fsdd
+
+BUILD_VERSION = 1
+SPLITS = ("train", "val", "test")
+NUM_TRAIN, NUM_VAL = 55_000, 5_000
+
+
+# ----------------------------------------------------------------------------------------------
+# Build (once per parameter set, then cached)
+# ----------------------------------------------------------------------------------------------
+def recording_pools(speaker: list[str], take: torch.Tensor, split: str, test_speaker: str) -> dict[str, np.ndarray]:
+    """Recording indices available to each split (disjoint by construction)."""
+    speaker_arr, take = np.asarray(speaker), take.numpy()
+    if split == "speaker":
+        if test_speaker not in set(speaker):
+            raise ValueError(f"test_speaker {test_speaker!r} has no FSDD recordings; speakers: {sorted(set(speaker))}")
+        held = speaker_arr == test_speaker
+        masks = {"train": ~held & (take >= 5), "val": ~held & (take < 5), "test": held}
+    elif split == "recording":
+        masks = {"train": take >= 10, "val": (take >= 5) & (take < 10), "test": take < 5}
+    else:
+        raise ValueError(f"split must be 'speaker' or 'recording', got {split!r}")
+    return {s: np.flatnonzero(m) for s, m in masks.items()}
+
+
+def pair_recordings(labels: np.ndarray, pool: np.ndarray, rec_digit: np.ndarray, rng: np.random.Generator,
+                    split: str) -> np.ndarray:
+    """For every image, a recording of the same digit from ``pool``: cycle the digit's recordings
+    in seeded random order so usage is balanced."""
+    out = np.empty(len(labels), dtype=np.int64)
+    for d in range(10):
+        where = np.flatnonzero(labels == d)
+        candidates = pool[rec_digit[pool] == d]
+        if len(where) and not len(candidates):
+            raise ValueError(f"no FSDD recording of digit {d} available for the {split} split")
+        reps = -(-len(where) // max(len(candidates), 1))
+        order = np.concatenate([rng.permutation(candidates) for _ in range(reps)]) if reps else candidates
+        out[where] = order[: len(where)]
+    return out
+
+
+def fit_pca(images: torch.Tensor, energy: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean ``[784]`` and the top-k components ``[k, 784]`` keeping ``energy`` of the variance."""
+    x = images.reshape(len(images), -1).double() / 255.0
+    mean = x.mean(dim=0)
+    xc = x - mean
+    evals, evecs = torch.linalg.eigh(xc.T @ xc)  # ascending
+    evals, evecs = evals.flip(0).clamp_min(0), evecs.flip(1)
+    k = int(torch.searchsorted(evals.cumsum(0) / evals.sum(), torch.tensor(energy, dtype=torch.float64))) + 1
+    return mean.float(), evecs[:, :k].T.contiguous().float()
+
+
+def build_avmnist(root: str | None, *, split: str, reduce_image: bool, image_energy: float, seed: int,
+                  test_speaker: str, audio_length: int, download: bool, skip_bad_files: bool) -> tuple[dict, dict]:
+    """Build every array from the raw files; returns (tensors, metadata)."""
+    mnist = load_mnist(root, download=download)
+    rec = read_fsdd(root, length=audio_length, download=download, skip_bad_files=skip_bad_files)
+    pools = recording_pools(rec.speaker, rec.index, split, test_speaker)
+    rec_digit = rec.digit.numpy()
+    labels = {"train": mnist["train_labels"][:NUM_TRAIN], "val": mnist["train_labels"][NUM_TRAIN:],
+              "test": mnist["test_labels"]}
+    tensors = {
+        "train_images": mnist["train_images"].contiguous(), "train_labels": mnist["train_labels"],
+        "test_images": mnist["test_images"].contiguous(), "test_labels": mnist["test_labels"],
+        "waveforms": rec.waveforms.contiguous(), "spectrograms": SpectrogramFeatures()(rec.waveforms).half(),
+        "rec_digit": rec.digit, "rec_take": rec.index,
+    }
+    for code, s in enumerate(SPLITS):
+        rng = np.random.default_rng([seed, code])
+        tensors[f"{s}_recording"] = torch.from_numpy(pair_recordings(labels[s].numpy(), pools[s], rec_digit, rng, s))
+    if reduce_image:
+        tensors["pca_mean"], tensors["pca_components"] = fit_pca(mnist["train_images"][:NUM_TRAIN], image_energy)
+    meta = {"rec_speaker": rec.speaker, "rec_path": rec.paths, "bad_files": rec.bad_files}
+    return tensors, meta
+
+
+# ----------------------------------------------------------------------------------------------
+# Dataset
+# ----------------------------------------------------------------------------------------------
+class PairedDigits(BatchedDataset):
+    """One split of AV-MNIST: images, the recording paired with each, labels."""
+
+    def __init__(self, image: torch.Tensor, recording: torch.Tensor, label: torch.Tensor, *,
+                 waveforms: torch.Tensor, spectrograms: torch.Tensor, rms: torch.Tensor, audio_format: str,
+                 audio_noise: float, seed: int, stream: int) -> None:
+        self.image, self.recording, self.label = image, recording, label
+        self.waveforms, self.spectrograms, self.rms = waveforms, spectrograms, rms
+        self.audio_format, self.audio_noise, self.seed, self.stream = audio_format, audio_noise, seed, stream
+        self.features = SpectrogramFeatures() if audio_noise > 0 and audio_format == "spectrogram" else None
+
+    def __len__(self) -> int:
+        return len(self.label)
+
+    def audio(self, index: torch.Tensor) -> torch.Tensor:
+        r = self.recording[index]
+        if self.audio_noise <= 0:
+            return self.spectrograms[r] if self.audio_format == "spectrogram" else self.waveforms[r]
+        wave = self.waveforms[r]
+        noise = per_sample_noise(self.seed, self.stream, index, wave.shape[-1])
+        wave = wave + self.audio_noise * self.rms[r].unsqueeze(1) * noise
+        return self.features(wave) if self.features is not None else wave
+
+    def get_batch(self, index: torch.Tensor) -> dict:
+        n = len(index)
+        return {
+            "image": self.image[index],
+            "audio": self.audio(index),
+            "label": self.label[index],
+            "present": {"image": torch.ones(n, dtype=torch.bool), "audio": torch.ones(n, dtype=torch.bool)},
+        }
+
+
+# ----------------------------------------------------------------------------------------------
+# DataModule
+# ----------------------------------------------------------------------------------------------
+class AVMNISTDataModule(RealDataModule):
+    """AV-MNIST (MNIST image + FSDD spoken digit) with MultiBench's splits; see the module doc.
+
+    Args:
+        root: data root holding ``MNIST/raw`` and ``fsdd/recordings`` (default: FUSEGEN_DATA or
+            ``../shared/data``). Never written to.
+        split: ``"speaker"`` (test audio from the held-out ``test_speaker``) or ``"recording"``.
+        reduce_image / image_energy: PCA energy reduction of the images (fitted on train only).
+        audio_format: ``"spectrogram"`` ([B, 1, 112, 112]) or ``"waveform"`` ([B, audio_length]).
+        audio_noise: additive noise RMS relative to each clip's RMS (0 = clean).
+        seed: pairing and noise seed.
+        batch_size / num_workers: DataLoader settings.
+        download: fetch missing MNIST / FSDD files into the cache (needs internet).
+        cache_dir: where built arrays go (default ``cache_dir("avmnist")``, i.e. FUSEGEN_CACHE).
+        train_limit: use only the first N training pairs (quick runs).
+        test_speaker: held-out speaker of the ``speaker`` split.
+        audio_length: clip length in samples at 8 kHz (centre-crop / zero-pad).
+        skip_bad_files: skip unreadable wavs with a warning instead of failing.
+    """
+
+    num_classes = 10
+    sample_rate = 8000
+    modalities = ("image", "audio")
+
+    def __init__(
+        self,
+        root: str | None = None,
+        split: str = "speaker",
+        reduce_image: bool = True,
+        image_energy: float = 0.25,
+        audio_format: str = "spectrogram",
+        audio_noise: float = 0.0,
+        seed: int = 0,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        download: bool = False,
+        cache_dir: str | None = None,
+        train_limit: int | None = None,
+        test_speaker: str = "yweweler",
+        audio_length: int = 8000,
+        skip_bad_files: bool = False,
+    ) -> None:
+        super().__init__()
+        if split not in ("speaker", "recording"):
+            raise ValueError(f"split must be 'speaker' or 'recording', got {split!r}")
+        if audio_format not in ("spectrogram", "waveform"):
+            raise ValueError(f"audio_format must be 'spectrogram' or 'waveform', got {audio_format!r}")
+        if not 0.0 < image_energy <= 1.0:
+            raise ValueError(f"image_energy must be in (0, 1], got {image_energy}")
+        self.save_hyperparameters()
+        self.cache_hit: bool | None = None
+        self.cache_path: Path | None = None
+        self.build_seconds: float | None = None
+        self.arrays: dict[str, torch.Tensor] = {}
+        self.meta: dict = {}
+
+    # -- build / cache ------------------------------------------------------------------------
+    def build_key(self) -> str:
+        hp = self.hparams
+        params = {"version": BUILD_VERSION, "root": str(resolve_data_root(hp.root, must_exist=False).resolve()),
+                  "split": hp.split, "reduce_image": hp.reduce_image,
+                  "image_energy": hp.image_energy if hp.reduce_image else None, "seed": hp.seed,
+                  "test_speaker": hp.test_speaker if hp.split == "speaker" else None,
+                  "audio_length": hp.audio_length, "skip_bad_files": hp.skip_bad_files}
+        return hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+
+    def prepare_data(self) -> None:
+        """Build the arrays once (rank 0) so DDP ranks only load them."""
+        self._load_or_build()
+
+    def _load_or_build(self) -> None:
+        if self.arrays:
+            return
+        hp = self.hparams
+        folder = Path(hp.cache_dir).expanduser() / self.build_key() if hp.cache_dir else cache_dir("avmnist", self.build_key())
+        folder.mkdir(parents=True, exist_ok=True)
+        path, meta_path = folder / "arrays.safetensors", folder / "meta.json"
+        start = time.perf_counter()
+        if path.is_file() and meta_path.is_file():
+            self.arrays, self.meta, self.cache_hit = load_file(str(path)), json.loads(meta_path.read_text()), True
+        else:
+            self.arrays, self.meta = build_avmnist(
+                hp.root, split=hp.split, reduce_image=hp.reduce_image, image_energy=hp.image_energy, seed=hp.seed,
+                test_speaker=hp.test_speaker, audio_length=hp.audio_length, download=hp.download,
+                skip_bad_files=hp.skip_bad_files)
+            # Write to temp names then rename: a concurrent reader never sees half a file.
+            tmp = folder / f".arrays.{os.getpid()}.tmp"
+            save_file(self.arrays, str(tmp))
+            os.replace(tmp, path)
+            tmp_meta = folder / f".meta.{os.getpid()}.tmp"
+            tmp_meta.write_text(json.dumps(self.meta))
+            os.replace(tmp_meta, meta_path)
+            self.cache_hit = False
+        self.cache_path, self.build_seconds = path, time.perf_counter() - start
+
+    # -- splits -------------------------------------------------------------------------------
+    def images(self) -> dict[str, torch.Tensor]:
+        """Float images ``[N, 1, 28, 28]`` per split (PCA-reduced when asked)."""
+        a = self.arrays
+        flat = torch.cat([a["train_images"], a["test_images"]]).reshape(-1, 784).float() / 255.0
+        if self.hparams.reduce_image:
+            c = a["pca_components"]
+            flat = (flat - a["pca_mean"]) @ c.T @ c + a["pca_mean"]
+        img = flat.reshape(-1, 1, 28, 28)
+        n_train = len(a["train_images"])
+        return {"train": img[:NUM_TRAIN], "val": img[NUM_TRAIN:n_train], "test": img[n_train:]}
+
+    def labels(self) -> dict[str, torch.Tensor]:
+        a = self.arrays
+        return {"train": a["train_labels"][:NUM_TRAIN], "val": a["train_labels"][NUM_TRAIN:], "test": a["test_labels"]}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        self._load_or_build()
+        hp, a = self.hparams, self.arrays
+        waves = a["waveforms"].float()
+        specs = a["spectrograms"].float()
+        rms = signal_rms(waves)
+        images, labels = self.images(), self.labels()
+        for code, s in enumerate(SPLITS):
+            image, label, recording = images[s], labels[s], a[f"{s}_recording"]
+            if s == "train" and hp.train_limit is not None:
+                image, label, recording = image[: hp.train_limit], label[: hp.train_limit], recording[: hp.train_limit]
+            self.splits[s] = self._make_dataset(
+                s, code, image=image.contiguous(), recording=recording, label=label, waveforms=waves,
+                spectrograms=specs, rms=rms)
+
+    def _make_dataset(self, split: str, code: int, **arrays: torch.Tensor) -> BatchedDataset:
+        hp = self.hparams
+        return PairedDigits(**arrays, audio_format=hp.audio_format, audio_noise=hp.audio_noise, seed=hp.seed,
+                            stream=code)
+
+    # -- MultiBench export --------------------------------------------------------------------
+    def export_multibench(self, out_dir: str | os.PathLike, chunk: int = 2048) -> Path:
+        """Write MultiBench's AV-MNIST layout: ``image/{train,test}_data.npy`` (N, 784) and
+        ``audio/{train,test}_data.npy`` (N, 112, 112), both float32 on a 0-255 scale (MultiBench
+        divides by 255), and ``{train,test}_labels.npy``. MultiBench's train file = our train then
+        val (it takes the last 5,000 as validation, matching our val split)."""
+        if self.hparams.audio_format != "spectrogram":
+            raise ValueError("export_multibench needs audio_format='spectrogram' (MultiBench reads 112x112 arrays)")
+        self.setup()
+        out = Path(out_dir)
+        (out / "image").mkdir(parents=True, exist_ok=True)
+        (out / "audio").mkdir(parents=True, exist_ok=True)
+        groups = {"train": [self.splits["train"], self.splits["val"]], "test": [self.splits["test"]]}
+        for name, datasets in groups.items():
+            n = sum(len(d) for d in datasets)
+            img = np.lib.format.open_memmap(out / "image" / f"{name}_data.npy", "w+", np.float32, (n, 784))
+            aud = np.lib.format.open_memmap(out / "audio" / f"{name}_data.npy", "w+", np.float32, (n, 112, 112))
+            labels = np.empty(n, dtype=np.int64)
+            row = 0
+            for ds in datasets:
+                for start in range(0, len(ds), chunk):
+                    b = ds.get_batch(torch.arange(start, min(start + chunk, len(ds))))
+                    k = len(b["label"])
+                    img[row:row + k] = (b["image"].reshape(k, 784) * 255.0).numpy()
+                    aud[row:row + k] = (b["audio"].reshape(k, 112, 112) * 255.0).numpy()
+                    labels[row:row + k] = b["label"].numpy()
+                    row += k
+            img.flush()
+            aud.flush()
+            del img, aud
+            np.save(out / f"{name}_labels.npy", labels)
+        return out
