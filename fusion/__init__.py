@@ -1,15 +1,52 @@
-"""Multimodal fusion: encoders (image/audio/text), fusion heads, Lightning modules."""
+"""Multimodal fusion: encoders (image/audio/text), fusion heads, Lightning modules.
 
-from fusion.encoders import Encoder, MelCNNAudioEncoder, SmallCNNImageEncoder, TransformerTextEncoder
-from fusion.heads import ConcatFusion, masked_mean
-from fusion.module import FusionClassifier
+Encoders are plain ``nn.Module``s returning ``[B, T, D]`` with ``out_dim``; heads map a dict of
+them (+ a presence mask) to one vector; ``FusionClassifier`` / ``UnimodalClassifier`` train them.
+"""
+
+from fusion.encoders import (
+    AudioEncoder,
+    Encoder,
+    ImageEncoder,
+    LeNetAudioEncoder,
+    LeNetEncoder,
+    LeNetImageEncoder,
+    LogMel,
+    MelCNNAudioEncoder,
+    SmallCNNImageEncoder,
+    TextEncoder,
+    TransformerTextEncoder,
+    Wav2Vec2AudioEncoder,
+)
+from fusion.heads import (
+    AttentionFusion,
+    ConcatFusion,
+    GatedFusion,
+    LowRankTensorFusion,
+    TensorFusion,
+    masked_mean,
+)
+from fusion.module import FusionClassifier, UnimodalClassifier
 
 __all__ = [
+    "AttentionFusion",
+    "AudioEncoder",
     "ConcatFusion",
     "Encoder",
     "FusionClassifier",
+    "GatedFusion",
+    "ImageEncoder",
+    "LeNetAudioEncoder",
+    "LeNetEncoder",
+    "LeNetImageEncoder",
+    "LogMel",
+    "LowRankTensorFusion",
     "MelCNNAudioEncoder",
     "SmallCNNImageEncoder",
+    "TensorFusion",
+    "TextEncoder",
     "TransformerTextEncoder",
+    "UnimodalClassifier",
+    "Wav2Vec2AudioEncoder",
     "masked_mean",
 ]

@@ -1,14 +1,23 @@
-"""Lightning modules for fusion: the science (losses, metrics, optimisers); the Trainer does the rest."""
+"""Lightning modules for fusion: the science (losses, metrics, optimisers); the Trainer does the rest.
+
+``FusionClassifier``: encoders per modality -> fusion head -> (MLP) classifier.
+``UnimodalClassifier``: the same with one encoder, the baseline a fusion model must beat.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 import pytorch_lightning as pl
 import torch
 import torchmetrics
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
+from pytorch_lightning.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import nn
+
+from fusion.encoders import Encoder
+from fusion.heads import ConcatFusion
 
 FusionHeadFactory = Callable[[dict[str, int]], nn.Module]
 
@@ -20,16 +29,42 @@ def token_mask_of(raw: object, tokens: torch.Tensor) -> torch.Tensor | None:
     return None
 
 
+def _shape_of(x: object) -> str:
+    if isinstance(x, torch.Tensor):
+        return str(list(x.shape))
+    if isinstance(x, dict):
+        return "{" + ", ".join(f"{k}: {_shape_of(v)}" for k, v in x.items()) + "}"
+    return type(x).__name__
+
+
+def _batch_size(batch: dict) -> int:
+    return len(batch["label"]) if "label" in batch else next(
+        v.shape[0] for v in batch.values() if isinstance(v, torch.Tensor))
+
+
+def mlp(in_dim: int, hidden_dims: list[int], out_dim: int, dropout: float) -> nn.Sequential:
+    """Dropout-Linear(-ReLU) stack; ``hidden_dims=[]`` is a linear classifier."""
+    layers: list[nn.Module] = []
+    for h in hidden_dims:
+        layers += [nn.Dropout(dropout), nn.Linear(in_dim, h), nn.ReLU(inplace=True)]
+        in_dim = h
+    return nn.Sequential(*layers, nn.Dropout(dropout), nn.Linear(in_dim, out_dim))
+
+
 class FusionClassifier(pl.LightningModule):
-    """Encoders per modality -> fusion head -> linear classifier.
+    """Encoders per modality -> fusion head -> classifier.
 
     Args:
         encoders: modality name -> encoder (``nn.Module`` returning ``[B, T, D]`` with ``out_dim``).
-        fusion: a fusion head class (configured without ``in_dims``) or a built head.
+        fusion: a fusion head class configured without ``in_dims`` (``class_path`` + options in a
+            config), or an already built head.
         num_classes: number of labels.
-        modality_dropout: per-sample probability of hiding each modality in training, so the model
-            learns to cope when one is missing at test time.
-        optimizer / lr_scheduler: injected from the config (``class_path: torch.optim.AdamW``...).
+        hidden_dims: hidden widths of the MLP classifier on the fused vector (``[]``: linear).
+        dropout: dropout before each classifier layer.
+        modality_dropout: per-sample probability of hiding each modality in training (at least one
+            stays), so the model learns to cope when one is missing at test time.
+        drop_at_test: modalities marked absent in test/predict (robustness evaluation).
+        optimizer / lr_scheduler: injected from the config (``class_path: torch.optim.AdamW`` ...).
     """
 
     def __init__(
@@ -37,64 +72,165 @@ class FusionClassifier(pl.LightningModule):
         encoders: dict[str, nn.Module],
         fusion: FusionHeadFactory,
         num_classes: int,
+        hidden_dims: list[int] | None = None,
         dropout: float = 0.1,
         modality_dropout: float = 0.0,
+        drop_at_test: list[str] | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["encoders", "fusion"])
+        # Through the CLI the hyperparameters are the config (class paths + init args), so
+        # `load_from_checkpoint` can rebuild encoders and head; built modules are not stored.
+        self.save_hyperparameters(ignore=[] if _given_hyperparameters.get() is not None else ["encoders", "encoder", "fusion"])
         self.encoders = nn.ModuleDict(encoders)
+        for m, enc in self.encoders.items():
+            if not hasattr(enc, "out_dim"):
+                raise TypeError(f"encoder {m!r} ({type(enc).__name__}) has no `out_dim`; fusegen encoders "
+                                "return [B, T, D] and set out_dim = D (see fusion/encoders.py)")
         in_dims = {m: enc.out_dim for m, enc in self.encoders.items()}
         self.fusion = fusion if isinstance(fusion, nn.Module) else fusion(in_dims)
-        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.fusion.out_dim, num_classes))
+        self.classifier = mlp(self.fusion.out_dim, list(hidden_dims or []), num_classes, dropout)
+        self.modality_dropout = modality_dropout
+        self.drop_at_test = list(drop_at_test or [])
         self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
         metrics = torchmetrics.MetricCollection({
-            "acc": torchmetrics.classification.MulticlassAccuracy(num_classes),
+            "acc": torchmetrics.classification.MulticlassAccuracy(num_classes, average="micro"),
             "f1": torchmetrics.classification.MulticlassF1Score(num_classes, average="macro"),
         })
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
+        self.test_confusion = torchmetrics.classification.MulticlassConfusionMatrix(num_classes)
+        self.confusion_png: Path | None = None
 
-    def forward(self, batch: dict) -> torch.Tensor:
-        present = batch.get("present")
-        if self.training and self.hparams.modality_dropout > 0 and present is not None:
-            present = {m: p & (torch.rand_like(p, dtype=torch.float) >= self.hparams.modality_dropout)
-                       for m, p in present.items()}
+    # ------------------------------------------------------------------ forward
+    def presence(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Per-sample presence of each modality the model uses (after modality dropout / drop_at_test)."""
+        n = _batch_size(batch)
+        given = batch.get("present") or {}
+        present = {}
+        for m in self.encoders:
+            p = given.get(m)
+            present[m] = (p.to(self.device, torch.bool) if p is not None
+                          else torch.full((n,), m in batch, dtype=torch.bool, device=self.device))
+        if not self.training and self.drop_at_test:
+            for m in self.drop_at_test:
+                if m in present:
+                    present[m] = torch.zeros_like(present[m])
+        if self.training and self.modality_dropout > 0:
+            kept = {m: p & (torch.rand(p.shape, device=p.device) >= self.modality_dropout) for m, p in present.items()}
+            none_left = ~torch.stack(list(kept.values())).any(dim=0)
+            present = {m: kept[m] | (p & none_left) for m, p in present.items()}  # keep >= 1 modality
+        return present
+
+    def encode(self, batch: dict, present: dict[str, torch.Tensor]) -> tuple[dict, dict]:
+        """Run each encoder on its input, checking the input is there and well shaped."""
         features, token_masks = {}, {}
+        n = _batch_size(batch)
         for m, enc in self.encoders.items():
+            expected = enc.expected_shape() if isinstance(enc, Encoder) else "(see the encoder)"
             if m not in batch:
-                raise KeyError(f"batch has no {m!r} input but the model has a {m!r} encoder; "
-                               f"batch keys: {sorted(batch)}")
+                if not present[m].any():  # marked absent for the whole batch: nothing to encode
+                    features[m] = torch.zeros(n, 1, enc.out_dim, device=self.device)
+                    continue
+                raise KeyError(f"batch has no {m!r} input but the model has a {m!r} encoder (expected {expected}) "
+                               f"and batch['present'][{m!r}] does not mark it absent; batch keys: {sorted(batch)}")
+            if isinstance(enc, Encoder) and not enc.accepts(batch[m]):
+                raise ValueError(f"{m!r} input has shape {_shape_of(batch[m])} but its encoder "
+                                 f"{type(enc).__name__} expects {expected}")
             features[m] = enc(batch[m])
             mask = token_mask_of(batch[m], features[m])
             if mask is not None:
                 token_masks[m] = mask
+        return features, token_masks
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        present = self.presence(batch)
+        features, token_masks = self.encode(batch, present)
         return self.classifier(self.fusion(features, present=present, token_mask=token_masks))
 
+    # ------------------------------------------------------------------ steps
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = nn.functional.cross_entropy(self(batch), batch["label"])
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["label"]))
         return loss
 
-    def _eval_step(self, batch: dict, metrics: torchmetrics.MetricCollection, stage: str) -> None:
+    def _eval_step(self, batch: dict, metrics: torchmetrics.MetricCollection, stage: str) -> torch.Tensor:
         logits = self(batch)
         loss = nn.functional.cross_entropy(logits, batch["label"])
         metrics.update(logits, batch["label"])
         self.log(f"{stage}/loss", loss, batch_size=len(batch["label"]))
         self.log_dict(metrics, prog_bar=(stage == "val"), batch_size=len(batch["label"]))
+        return logits
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, self.val_metrics, "val")
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, self.test_metrics, "test")
+        logits = self._eval_step(batch, self.test_metrics, "test")
+        self.test_confusion.update(logits, batch["label"])
+
+    def on_test_epoch_end(self) -> None:
+        self.confusion_png = self._save_confusion_matrix()
+        self.test_confusion.reset()
 
     def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         return self(batch).argmax(dim=-1)
 
+    # ------------------------------------------------------------------ pictures
+    def run_dir(self) -> Path:
+        """The experiment's run folder (where the loggers write), ``runs/<experiment>/`` via the CLI."""
+        for logger in self.trainer.loggers:
+            if getattr(logger, "save_dir", None):
+                return Path(logger.save_dir)
+        return Path(self.trainer.default_root_dir)
+
+    def _save_confusion_matrix(self) -> Path | None:
+        if self.trainer.sanity_checking or not self.trainer.is_global_zero:
+            return None
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = self.test_confusion.plot()
+        suffix = "".join(f"_no-{m}" for m in self.drop_at_test)
+        ax.set_title(f"test confusion matrix{suffix.replace('_', ' ')}")
+        path = self.run_dir() / f"confusion_matrix{suffix}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=100, bbox_inches="tight")
+        for logger in self.trainer.loggers:
+            if isinstance(logger, pl.loggers.TensorBoardLogger):
+                logger.experiment.add_figure(f"test/confusion_matrix{suffix}", fig, self.global_step)
+        plt.close(fig)
+        return path
+
+    # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
-        optimizer = self.optimizer(self.parameters())
+        optimizer = self.optimizer([p for p in self.parameters() if p.requires_grad])
         if self.lr_scheduler is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.lr_scheduler(optimizer), "interval": "epoch"}}
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": self.lr_scheduler(optimizer), "interval": "epoch", "monitor": "val/loss"}}
+
+
+class UnimodalClassifier(FusionClassifier):
+    """Baseline on one modality: the same encoders and classifier, ``ConcatFusion`` of one input.
+
+    Other modalities in the batch are ignored, so it trains on the very same datamodule as the
+    fusion models it is compared with.
+    """
+
+    def __init__(
+        self,
+        modality: str,
+        encoder: nn.Module,
+        num_classes: int,
+        hidden_dims: list[int] | None = None,
+        dropout: float = 0.1,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        super().__init__({modality: encoder}, ConcatFusion, num_classes, hidden_dims=hidden_dims, dropout=dropout,
+                         optimizer=optimizer, lr_scheduler=lr_scheduler)
+        self.modality = modality
