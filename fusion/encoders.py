@@ -201,38 +201,47 @@ class AudioEncoder(Encoder):
     """Log-mel front end (on the fly, on device) + a CNN or any timm backbone on the spectrogram.
 
     Accepts waveforms ``[B, L]`` / ``[B, 1, L]`` (the front end runs inside the model, so it runs on
-    the GPU with it) or precomputed spectrograms ``[B, 1, F, T]`` (used as they are). Returns one
-    token per remaining time frame (frequency pooled).
+    the GPU with it) or precomputed spectrograms ``[B, 1, F, T]`` (used as they are, optionally
+    average-pooled by ``spec_pool`` to save compute). Returns one token per remaining time frame:
+    the CNN's frequency axis is pooled to ``freq_bins`` bins and flattened into the token, so the
+    spectral shape a digit's formants leave survives (plain mean-pooling would erase it).
 
     Args:
-        backbone: ``"cnn"`` (two conv blocks of ``width`` / ``2*width`` channels) or a timm model name.
-        sample_rate / n_mels / n_fft / hop_length: the MelSpectrogram settings.
+        backbone: ``"cnn"`` (``blocks`` conv blocks, ``width`` channels doubling each block) or a timm
+            model name (its feature map is used).
+        sample_rate / n_mels / n_fft / hop_length: the MelSpectrogram settings (waveform input).
+        spec_pool: average-pool factor applied to the spectrogram before the backbone.
+        freq_bins: frequency bins kept per token.
         out_dim: token width after projection.
     """
 
     def __init__(self, backbone: str = "cnn", sample_rate: int = 8000, n_mels: int = 40, n_fft: int = 256,
-                 hop_length: int = 128, width: int = 32, out_dim: int | None = 64, freeze: bool = False) -> None:
+                 hop_length: int = 128, width: int = 32, blocks: int = 2, spec_pool: int = 1, freq_bins: int = 1,
+                 out_dim: int | None = 64, freeze: bool = False) -> None:
         super().__init__()
         self.frontend = LogMel(sample_rate, n_mels, n_fft, hop_length)
+        self.pool = nn.AvgPool2d(spec_pool) if spec_pool > 1 else nn.Identity()
         if backbone == "cnn":
-            self.features: nn.Module = nn.Sequential(_conv_block(1, width), _conv_block(width, 2 * width))
-            width_out = 2 * width
+            chans = [1] + [width * 2 ** i for i in range(blocks)]
+            self.features: nn.Module = nn.Sequential(*(_conv_block(a, b) for a, b in zip(chans, chans[1:])))
+            width_out = chans[-1]
         else:
             self.features = _create_timm_model(backbone, in_chans=1, num_classes=0)
             width_out = self.features.num_features
-        self.proj, self.out_dim = _projection(width_out, out_dim)
+        self.freq_bins = freq_bins
+        self.proj, self.out_dim = _projection(width_out * freq_bins, out_dim)
         self.input_shapes = ((None,), (1, None), (1, None, None))
         if freeze:
             self.freeze()
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        spec = audio if audio.dim() == 4 else self.frontend(audio)
+        spec = self.pool(audio if audio.dim() == 4 else self.frontend(audio))
         # timm models: forward_features keeps the feature map (their forward would pool it away).
         h = self.features.forward_features(spec) if hasattr(self.features, "forward_features") else self.features(spec)
-        if h.dim() == 4:
-            h = h.mean(dim=2)  # pool frequency -> [B, C, T]
-            return self.proj(h.transpose(1, 2))
-        return self.proj(h)  # a ViT backbone already gives tokens
+        if h.dim() == 3:
+            return self.proj(h)  # a ViT-style backbone already gives tokens
+        h = nn.functional.adaptive_avg_pool2d(h, (self.freq_bins, h.shape[-1]))  # [B, C, bins, T]
+        return self.proj(h.flatten(1, 2).transpose(1, 2))  # [B, T, C * bins]
 
 
 class MelCNNAudioEncoder(AudioEncoder):
@@ -240,7 +249,7 @@ class MelCNNAudioEncoder(AudioEncoder):
 
     def __init__(self, sample_rate: int = 8000, n_mels: int = 40, n_fft: int = 256, hop_length: int = 128,
                  width: int = 32, out_dim: int = 64, freeze: bool = False) -> None:
-        super().__init__("cnn", sample_rate, n_mels, n_fft, hop_length, width, out_dim, freeze)
+        super().__init__("cnn", sample_rate, n_mels, n_fft, hop_length, width, blocks=2, out_dim=out_dim, freeze=freeze)
 
 
 class Wav2Vec2AudioEncoder(Encoder):

@@ -1,0 +1,213 @@
+"""AV-MNIST (and SST-2) results of fusegen's fusion models: mean ± std over seeds, robustness.
+
+Every run goes through the shipped configs in ``experiments/fusion/`` and the one CLI
+(``FusegenCLI``, in a child process per run), with a reduced, common compute budget set by
+``--epochs`` / ``--train-limit`` (the configs' own budgets -- 30 epochs on 55,000 pairs for the
+MultiBench recipe -- do not fit a shared 2-core machine). Each run writes
+``<out>/results/<key>.json`` as soon as it ends, so an interrupted sweep resumes where it stopped.
+The parent writes ``<out>/results.md`` (the tables for fusion/README.md) and prints one JSON line.
+
+    .venv/bin/python experiments/benchmarks/fusion_avmnist_results.py --jobs 2          # everything
+    .venv/bin/python experiments/benchmarks/fusion_avmnist_results.py --only avmnist-concat --seeds 0
+    .venv/bin/python experiments/benchmarks/fusion_avmnist_results.py --report           # tables only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = REPO / "experiments" / "fusion"
+
+# key -> (config, extra CLI overrides, modalities removed at test time for robustness)
+AVMNIST_RUNS: dict[str, tuple[str, list[str], list[str]]] = {
+    "avmnist-image-only": ("avmnist-image-only.yaml", [], []),
+    "avmnist-audio-only": ("avmnist-audio-only.yaml", [], []),
+    "avmnist-multibench-lf": ("avmnist-multibench-lf.yaml", [], []),
+    "avmnist-concat": ("avmnist-concat.yaml", [], ["audio", "image"]),
+    "avmnist-attention": ("avmnist-attention.yaml", [], ["audio", "image"]),
+    "avmnist-lowrank": ("avmnist-lowrank.yaml", [], ["audio", "image"]),
+    "avmnist-concat+moddrop": ("avmnist-concat.yaml", ["--model.init_args.modality_dropout", "0.3"],
+                               ["audio", "image"]),
+}
+SST2_RUNS: dict[str, tuple[str, list[str], list[str]]] = {
+    "sst2-text": ("sst2-text.yaml", [], []),
+    "sst2-text-minilm": ("sst2-text-minilm.yaml", [], []),
+}
+UNIMODAL = ("avmnist-image-only", "avmnist-audio-only")
+FUSION = ("avmnist-concat", "avmnist-attention", "avmnist-lowrank")
+
+
+def run_one(key: str, seed: int, args: argparse.Namespace) -> dict:
+    """Fit one config with the reduced budget, then test it (also with modalities removed)."""
+    import torch
+
+    from experiments.cli import TRAINER_DEFAULTS, FusegenCLI
+
+    torch.set_num_threads(args.threads)
+    table = {**AVMNIST_RUNS, **SST2_RUNS}
+    config, overrides, drops = table[key]
+    sst2 = key in SST2_RUNS
+    cli_args = [
+        "--config", str(TRAINER_DEFAULTS),  # FusegenCLI(run=False) does not load it by itself
+        "--config", str(CONFIGS / config),
+        "--experiment", f"{key}-s{seed}",
+        "--seed_everything", str(seed),
+        "--trainer.default_root_dir", str(Path(args.out) / "runs"),
+        "--trainer.max_epochs", str(args.sst2_epochs if sst2 else args.epochs),
+        "--trainer.limit_val_batches", str(args.val_fraction),
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false",
+        "--data.init_args.train_limit", str(args.sst2_train_limit if sst2 else args.train_limit),
+        *overrides,
+    ]
+    cli = FusegenCLI(args=cli_args, run=False)
+    start = time.perf_counter()
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    fit_s = time.perf_counter() - start
+    row = {"key": key, "seed": seed, "config": f"experiments/fusion/{config}", "overrides": overrides,
+           "epochs": cli.trainer.current_epoch, "train_samples": len(cli.datamodule.splits["train"])
+           if hasattr(cli.datamodule, "splits") else None, "fit_s": round(fit_s, 1)}
+    for drop in [[], *[[m] for m in drops]]:
+        cli.model.drop_at_test = drop
+        metrics = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)[0]
+        name = "full" if not drop else f"no-{drop[0]}"
+        row[f"acc_{name}"] = float(metrics["test/acc"])
+        row[f"f1_{name}"] = float(metrics["test/f1"])
+    row["confusion_png"] = str(cli.model.run_dir() / "confusion_matrix.png")
+    return row
+
+
+def _child(key: str, seed: int, args: argparse.Namespace) -> tuple[str, int, str]:
+    out = Path(args.out) / "results" / f"{key}-s{seed}.json"
+    if out.is_file():
+        return key, seed, "cached"
+    log = Path(args.out) / "logs" / f"{key}-s{seed}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, __file__, "--single", key, "--single-seed", str(seed), *args.passthrough]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    with log.open("w") as f:
+        code = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+    return key, seed, "ok" if code == 0 else f"failed (exit {code}, see {log})"
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "—"
+    pct = [100 * v for v in values]
+    sd = statistics.stdev(pct) if len(pct) > 1 else 0.0
+    return f"{statistics.mean(pct):.1f} ± {sd:.1f} (n={len(pct)})"
+
+
+def report(args: argparse.Namespace) -> dict:
+    rows: dict[str, list[dict]] = {}
+    for p in sorted((Path(args.out) / "results").glob("*.json")):
+        r = json.loads(p.read_text())
+        rows.setdefault(r["key"], []).append(r)
+
+    def accs(key: str, col: str = "acc_full") -> list[float]:
+        return [r[col] for r in rows.get(key, []) if col in r]
+
+    def mean(key: str, col: str = "acc_full") -> float | None:
+        a = accs(key, col)
+        return 100 * statistics.mean(a) if a else None
+
+    budget = (f"{args.epochs} epochs on the first {args.train_limit} AV-MNIST training pairs, val on "
+              f"{args.val_fraction:.0%} of the 5,000 val pairs, test on all 10,000 test pairs, last-epoch weights")
+    lines = ["| model | config | test accuracy % (mean ± std) | macro-F1 % | fit s/run |", "|---|---|---|---|---|"]
+    for key in AVMNIST_RUNS:
+        if key in rows:
+            fit = statistics.mean(r["fit_s"] for r in rows[key])
+            lines.append(f"| {key} | `{rows[key][0]['config']}` {' '.join(rows[key][0]['overrides'])} | "
+                         f"{_mean_std(accs(key))} | {_mean_std(accs(key, 'f1_full'))} | {fit:.0f} |")
+    lines += ["", "Robustness (test accuracy %, modality removed at test time through the presence mask):", "",
+              "| model | both | audio removed | image removed |", "|---|---|---|---|"]
+    for key, (_, _, drops) in AVMNIST_RUNS.items():
+        if key in rows and drops:
+            lines.append(f"| {key} | {_mean_std(accs(key))} | {_mean_std(accs(key, 'acc_no-audio'))} | "
+                         f"{_mean_std(accs(key, 'acc_no-image'))} |")
+    if any(k in rows for k in SST2_RUNS):
+        lines += ["", "SST-2 dev accuracy % (text encoder fine-tuned, "
+                  f"{args.sst2_epochs} epoch(s) on the first {args.sst2_train_limit} training sentences):", "",
+                  "| model | config | dev accuracy % |", "|---|---|---|"]
+        for key in SST2_RUNS:
+            if key in rows:
+                lines.append(f"| {key} | `{rows[key][0]['config']}` | {_mean_std(accs(key))} |")
+
+    best_uni = max((mean(k) for k in UNIMODAL if mean(k) is not None), default=None)
+    fusion_means = {k: mean(k) for k in FUSION if mean(k) is not None}
+    lf = mean("avmnist-multibench-lf")
+    targets = {}
+    if best_uni is not None and fusion_means:
+        targets["every_fusion_beats_best_unimodal_by_5"] = all(v - best_uni >= 5 for v in fusion_means.values())
+    if lf is not None and fusion_means:
+        targets["best_fusion_beats_multibench_lf_by_3"] = max(fusion_means.values()) - lf >= 3
+    lines += ["", f"Budget: {budget}. Targets: {json.dumps(targets)}"]
+    md = "\n".join(lines) + "\n"
+    (Path(args.out) / "results.md").write_text(md)
+    print(md, file=sys.stderr)
+    summary = {"benchmark": "fusion_avmnist_results", "budget": budget,
+               "acc_mean": {k: round(mean(k), 2) for k in {**AVMNIST_RUNS, **SST2_RUNS} if mean(k) is not None},
+               "acc_no_audio_mean": {k: round(mean(k, "acc_no-audio"), 2) for k in AVMNIST_RUNS
+                                     if mean(k, "acc_no-audio") is not None},
+               "acc_no_image_mean": {k: round(mean(k, "acc_no-image"), 2) for k in AVMNIST_RUNS
+                                     if mean(k, "acc_no-image") is not None},
+               "best_unimodal": best_uni, "multibench_lf": lf, "targets": targets,
+               "markdown": str(Path(args.out) / "results.md")}
+    return summary
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/fusion-results", help="results, logs and run folders go here")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--only", nargs="+", default=None, help="run keys to run (default: all AV-MNIST + SST-2)")
+    p.add_argument("--skip-sst2", action="store_true")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--train-limit", type=int, default=8000)
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--sst2-epochs", type=int, default=1)
+    p.add_argument("--sst2-train-limit", type=int, default=4000)
+    p.add_argument("--jobs", type=int, default=1, help="runs in parallel (child processes)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    p.add_argument("--report", action="store_true", help="only aggregate existing results")
+    p.add_argument("--single", help=argparse.SUPPRESS)
+    p.add_argument("--single-seed", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    budget_flags = ["--out", args.out, "--epochs", str(args.epochs), "--train-limit", str(args.train_limit),
+                    "--val-fraction", str(args.val_fraction), "--sst2-epochs", str(args.sst2_epochs),
+                    "--sst2-train-limit", str(args.sst2_train_limit), "--threads", str(args.threads)]
+    args.passthrough = budget_flags
+
+    if args.single:
+        row = run_one(args.single, args.single_seed, args)
+        out = Path(args.out) / "results" / f"{args.single}-s{args.single_seed}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(row, indent=1))
+        return
+
+    if not args.report:
+        keys = args.only or [*AVMNIST_RUNS, *([] if args.skip_sst2 else SST2_RUNS)]
+        unknown = [k for k in keys if k not in {**AVMNIST_RUNS, **SST2_RUNS}]
+        if unknown:
+            raise SystemExit(f"unknown run keys {unknown}; valid: {[*AVMNIST_RUNS, *SST2_RUNS]}")
+        # Longest runs first so the parallel jobs finish together.
+        order = sorted(((k, s) for k in keys for s in args.seeds),
+                       key=lambda ks: (ks[0] != "avmnist-multibench-lf", ks[1]))
+        start = time.perf_counter()
+        with ThreadPoolExecutor(args.jobs) as pool:
+            for key, seed, status in pool.map(lambda ks: _child(ks[0], ks[1], args), order):
+                print(f"[{time.perf_counter() - start:6.0f}s] {key} seed {seed}: {status}", file=sys.stderr, flush=True)
+    print(json.dumps(report(args)))
+
+
+if __name__ == "__main__":
+    main()
