@@ -1,0 +1,154 @@
+"""Sample-quality metrics without downloads: the "Fréchet LeNet Distance".
+
+FID needs a feature extractor; the usual InceptionV3 weights cannot be downloaded here and fit
+digits poorly anyway. Instead fusegen trains a small digit CNN on MNIST once (>= 99% test
+accuracy, ~1-2 minutes on CPU), caches it as safetensors under
+``datamodules.paths.cache_dir("classifier")`` and hands its penultimate layer to torchmetrics'
+``FrechetInceptionDistance(feature=...)``. The same classifier scores conditional samples:
+does the generated image show the digit that was asked for?
+
+Scores are comparable only between runs that use the same extractor (same cache key).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torchmetrics.image.fid import FrechetInceptionDistance
+
+from datamodules.paths import cache_dir
+
+log = logging.getLogger(__name__)
+
+
+class DigitClassifier(nn.Module):
+    """A LeNet-style CNN for 28x28 digits in [-1, 1]; ``features`` is the 128-d penultimate layer."""
+
+    num_features = 128
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(1, 32, 5, padding=2), nn.BatchNorm2d(32), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 5, padding=2), nn.BatchNorm2d(64), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(64 * 7 * 7, self.num_features), nn.ReLU(inplace=True),
+        )
+        self.dropout = nn.Dropout(0.3)
+        self.fc = nn.Linear(self.num_features, num_classes)
+
+    @staticmethod
+    def prepare(images: torch.Tensor) -> torch.Tensor:
+        """Any GAN output -> [B, 1, 28, 28]: RGB is averaged to grey, other sizes are resized."""
+        images = images.float()
+        if images.shape[1] != 1:
+            images = images.mean(dim=1, keepdim=True)
+        if images.shape[-2:] != (28, 28):
+            images = F.interpolate(images, size=(28, 28), mode="bilinear", align_corners=False, antialias=True)
+        return images
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.body(self.prepare(images))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.dropout(self.features(images)))
+
+
+class ClassifierFeatures(nn.Module):
+    """The frozen classifier's penultimate layer, shaped as torchmetrics' custom FID extractor."""
+
+    def __init__(self, classifier: DigitClassifier) -> None:
+        super().__init__()
+        self.classifier = classifier.eval().requires_grad_(False)
+        self.num_features = classifier.num_features
+
+    def train(self, mode: bool = True) -> "ClassifierFeatures":
+        return super().train(False)  # always eval: BatchNorm/Dropout must not change the metric
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.classifier.features(images)
+
+
+def frechet_distance(classifier: DigitClassifier) -> FrechetInceptionDistance:
+    """torchmetrics FID on the classifier's features; ``update(images_in_[-1,1], real=...)``."""
+    return FrechetInceptionDistance(feature=ClassifierFeatures(classifier), reset_real_features=False)
+
+
+def _evaluate(model: nn.Module, loader) -> float:
+    model.eval()
+    correct = total = 0
+    with torch.no_grad():
+        for batch in loader:
+            correct += (model(batch["image"]).argmax(1) == batch["label"]).sum().item()
+            total += len(batch["label"])
+    return correct / max(total, 1)
+
+
+def train_digit_classifier(epochs: int = 2, train_limit: int | None = None, batch_size: int = 128,
+                           lr: float = 2e-3, seed: int = 0, root: str | None = None) -> tuple[DigitClassifier, dict]:
+    """Train the digit CNN on MNIST (images in [-1, 1], as GANs produce them).
+
+    Returns the model and ``{"test_acc", "epochs", "train_limit", "seconds"}``.
+    """
+    from datamodules import MNISTDataModule
+
+    torch.manual_seed(seed)
+    dm = MNISTDataModule(root=root, batch_size=batch_size, normalize="tanh")
+    dm.setup("fit")
+    dm.setup("test")
+    model = DigitClassifier()
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    steps_per_epoch = len(dm.train_dataloader())
+    if train_limit:
+        steps_per_epoch = min(steps_per_epoch, max(1, train_limit // batch_size))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
+    start = time.time()
+    for epoch in range(epochs):
+        model.train()
+        for i, batch in enumerate(dm.train_dataloader()):
+            if i >= steps_per_epoch:
+                break
+            # Small random shifts make the classifier robust to the GAN's imperfect centring.
+            images = torch.roll(batch["image"], shifts=tuple(torch.randint(-2, 3, (2,)).tolist()), dims=(2, 3))
+            loss = F.cross_entropy(model(images), batch["label"])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        log.info("digit classifier: epoch %d done, loss %.4f", epoch, loss.item())
+    info = {"test_acc": _evaluate(model, dm.test_dataloader()), "epochs": epochs, "train_limit": train_limit,
+            "seconds": round(time.time() - start, 1)}
+    return model.eval(), info
+
+
+def load_digit_classifier(epochs: int = 2, train_limit: int | None = None, seed: int = 0,
+                          root: str | None = None, cache: Path | None = None) -> DigitClassifier:
+    """The cached digit classifier (trained on first use). The cache key is the training recipe,
+    so a quick test classifier (``train_limit``) never replaces the full one."""
+    folder = Path(cache) if cache else cache_dir("classifier")
+    key = f"digit-cnn-e{epochs}-n{train_limit or 'all'}-s{seed}"
+    weights, meta = folder / f"{key}.safetensors", folder / f"{key}.json"
+    model = DigitClassifier()
+    if weights.is_file():
+        model.load_state_dict(load_file(str(weights)))
+        return model.eval()
+    log.warning("training the digit classifier for FID features (once; cached at %s)", weights)
+    model, info = train_digit_classifier(epochs=epochs, train_limit=train_limit, seed=seed, root=root)
+    tmp = weights.with_suffix(".tmp")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    tmp.replace(weights)  # atomic: a concurrent reader never sees half a file
+    meta.write_text(json.dumps(info, indent=2))
+    return model
+
+
+def classifier_info(epochs: int = 2, train_limit: int | None = None, seed: int = 0) -> dict:
+    """The training record (test accuracy etc.) of a cached classifier, ``{}`` if not built yet."""
+    meta = cache_dir("classifier") / f"digit-cnn-e{epochs}-n{train_limit or 'all'}-s{seed}.json"
+    return json.loads(meta.read_text()) if meta.is_file() else {}
