@@ -1,0 +1,114 @@
+"""Gymnasium environments for the agents: checked ids and spaces, vectorised, with episode
+statistics and optional observation/reward normalisation (gymnasium's own vector wrappers).
+
+The vector env keeps gymnasium 1.x's default *next-step* autoreset: the step that ends an
+episode returns its final observation, and the following step of that sub-env ignores the
+action and returns the reset observation with reward 0. ``rl.rollout`` masks those reset steps.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.wrappers import vector as vw
+
+SUPPORTED_SPACES = "Discrete, or a 1-D Box (continuous actions)"
+
+
+def _registered_ids() -> list[str]:
+    return sorted(gym.registry.keys())
+
+
+def check_env_id(env_id: str) -> None:
+    """Raise ``ValueError`` naming the id, close matches and where to look when it is not registered."""
+    if env_id in gym.registry:
+        return
+    close = difflib.get_close_matches(env_id, _registered_ids(), n=5, cutoff=0.5)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise ValueError(f"env_id {env_id!r} is not a registered gymnasium environment.{hint} "
+                     f"Any id in gymnasium.registry works, e.g. CartPole-v1, Acrobot-v1, Pendulum-v1, "
+                     f"MountainCarContinuous-v0 (print sorted(gymnasium.registry) for all).")
+
+
+def check_action_space(space: gym.Space, env_id: str = "") -> None:
+    """The agents sample from a Categorical (``Discrete``) or a diagonal Gaussian (1-D ``Box``)."""
+    if isinstance(space, gym.spaces.Discrete):
+        return
+    if isinstance(space, gym.spaces.Box) and len(space.shape) == 1:
+        return
+    where = f" of {env_id!r}" if env_id else ""
+    raise ValueError(f"action space {space}{where} is not supported; supported action spaces: "
+                     f"{SUPPORTED_SPACES}. Wrap the env (e.g. gymnasium.wrappers.FlattenObservation / a "
+                     f"custom ActionWrapper) to expose one of them.")
+
+
+def make_vec_env(env_id: str, num_envs: int, *, seed: int | None = None, normalize_obs: bool = False,
+                 normalize_reward: bool = False, gamma: float = 0.99, env_kwargs: dict[str, Any] | None = None,
+                 record_stats: bool = True) -> gym.vector.VectorEnv:
+    """``SyncVectorEnv`` of ``num_envs`` copies of ``env_id``.
+
+    Wrapper order matters: episode statistics sit *inside* the normalisers so logged returns are
+    the true (unnormalised) ones; continuous actions are clipped to the bounds inside the env, so
+    the agent's log-probabilities stay those of the unclipped Gaussian sample.
+    """
+    check_env_id(env_id)
+    env_kwargs = dict(env_kwargs or {})
+    envs = gym.vector.SyncVectorEnv([lambda: gym.make(env_id, **env_kwargs) for _ in range(num_envs)])
+    check_action_space(envs.single_action_space, env_id)
+    if isinstance(envs.single_action_space, gym.spaces.Box):
+        envs = vw.ClipAction(envs)
+    if record_stats:
+        envs = vw.RecordEpisodeStatistics(envs)
+    if normalize_obs:
+        envs = vw.NormalizeObservation(envs)
+    if normalize_reward:
+        envs = vw.NormalizeReward(envs, gamma=gamma)
+    if seed is not None:
+        envs.action_space.seed(seed)
+    return envs
+
+
+def _find(envs: gym.vector.VectorEnv, cls: type) -> Any | None:
+    env = envs
+    while isinstance(env, gym.vector.VectorWrapper):
+        if isinstance(env, cls):
+            return env
+        env = env.env
+    return None
+
+
+def obs_normalizer(envs: gym.vector.VectorEnv) -> Any | None:
+    return _find(envs, vw.NormalizeObservation)
+
+
+def normalization_state(envs: gym.vector.VectorEnv) -> dict[str, dict[str, Any]]:
+    """The running statistics of the env's normalisers, as plain arrays (checkpoint-ready)."""
+    state = {}
+    if (w := _find(envs, vw.NormalizeObservation)) is not None:
+        state["obs_rms"] = _rms_state(w.obs_rms)
+    if (w := _find(envs, vw.NormalizeReward)) is not None:
+        state["return_rms"] = _rms_state(w.return_rms)
+    return state
+
+
+def load_normalization_state(envs: gym.vector.VectorEnv, state: dict[str, dict[str, Any]]) -> None:
+    for key, cls, attr in (("obs_rms", vw.NormalizeObservation, "obs_rms"),
+                           ("return_rms", vw.NormalizeReward, "return_rms")):
+        if key not in state:
+            continue
+        w = _find(envs, cls)
+        if w is None:
+            raise ValueError(f"checkpoint has {key} statistics but the env has no {cls.__name__}; "
+                             f"resume with the same normalize_obs/normalize_reward settings")
+        rms = getattr(w, attr)
+        rms.mean = np.array(state[key]["mean"], dtype=np.float64)
+        rms.var = np.array(state[key]["var"], dtype=np.float64)
+        rms.count = float(state[key]["count"])
+
+
+def _rms_state(rms: Any) -> dict[str, Any]:
+    return {"mean": np.array(rms.mean, dtype=np.float64).copy(), "var": np.array(rms.var, dtype=np.float64).copy(),
+            "count": float(rms.count)}

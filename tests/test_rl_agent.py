@@ -1,0 +1,107 @@
+"""The agents through the ``fusegen`` CLI: learning, resume, determinism, configs and errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from experiments.cli import FusegenCLI, main
+from rl.envs import normalization_state
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "experiments" / "rl").glob("*.yaml"))
+PPO_CP = str(REPO / "experiments" / "rl" / "ppo-cartpole.yaml")
+QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+
+
+def fit(config: str, *args: str) -> FusegenCLI:
+    return FusegenCLI(args=["fit", "--config", config, *QUIET, *args])
+
+
+def test_ppo_cartpole_learns(in_tmp: Path) -> None:
+    cli = fit(PPO_CP, "--model.init_args.total_timesteps", "16384", "--model.init_args.target_return", "150",
+              "--model.init_args.eval_every_steps", "4096")
+    agent = cli.model
+    evals = [ret for _, ret, _ in agent.history["eval"]]
+    assert evals[-1] >= 150, f"PPO did not learn CartPole: eval returns {evals}"  # random policy: ~20
+    assert evals[0] < evals[-1]
+    assert Path(agent.learning_curve_path).is_file()
+    assert Path(agent.learning_curve_path).parent.parent.name == "tensorboard"
+    metrics = cli.trainer.logged_metrics
+    for key in ("train/policy_loss", "train/value_loss", "train/entropy", "train/approx_kl",
+                "train/clip_fraction", "train/explained_variance", "time/fps", "val/return"):
+        assert key in metrics, f"{key} not logged: {sorted(metrics)}"
+
+
+def _short(tag: str, *args: str) -> list[str]:
+    # 2 updates per epoch of 8 envs x 32 steps
+    return ["--model.init_args.eval_every_steps", "512", "--model.init_args.n_eval_episodes", "2",
+            "--experiment", tag, *args]
+
+
+def test_same_seed_same_first_two_updates(in_tmp: Path) -> None:
+    runs = [fit(PPO_CP, *_short(f"det{i}", "--trainer.max_epochs", "1", "--seed_everything", str(seed))).model
+            for i, seed in enumerate([3, 3, 4])]
+    a, b, c = (r.policy.state_dict() for r in runs)
+    assert runs[0].num_updates == 2 and runs[0].env_steps == 512
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=f"{k} differs between identical seeds")
+    assert any(not torch.equal(a[k], c[k]) for k in a), "a different seed gave identical weights"
+
+
+def test_resume_continues(in_tmp: Path) -> None:
+    norm = ["--model.init_args.normalize_obs", "true", "--model.init_args.normalize_reward", "true"]
+    first = fit(PPO_CP, *_short("resume", "--trainer.max_epochs", "2", *norm))
+    ckpt = in_tmp / "runs" / "resume" / "checkpoints" / "last.ckpt"
+    state = torch.load(ckpt, weights_only=False)
+    assert state["rl"]["env_steps"] == 1024 == first.model.env_steps
+    saved = state["rl"]["normalization"]
+    assert set(saved) == {"obs_rms", "return_rms"} and saved["obs_rms"]["count"] > 1000
+    saved_opt_step = float(state["optimizer_states"][0]["state"][0]["step"])
+    assert saved_opt_step == 4 * 20  # 4 updates x 20 epochs x 1 minibatch
+
+    resumed = fit(PPO_CP, *_short("resume", "--trainer.max_epochs", "3", "--ckpt_path", str(ckpt), *norm))
+    agent = resumed.model
+    # continued, not restarted: the counters go on from the checkpoint...
+    assert agent.env_steps == 1536 and agent.num_updates == 6
+    # ... so do Adam's moments (a fresh optimiser would be at step 40)...
+    opt_state = resumed.trainer.optimizers[0].state[next(iter(agent.policy.parameters()))]
+    assert float(opt_state["step"]) == saved_opt_step + 40
+    # ... and the normalisation statistics go on from the saved ones (+ 512 steps and the 8
+    # reset observations of the new start), not from scratch
+    stats = normalization_state(agent.collector.envs)
+    assert stats["obs_rms"]["count"] == pytest.approx(saved["obs_rms"]["count"] + 512 + 8, abs=0.01)
+    assert stats["return_rms"]["count"] > saved["return_rms"]["count"] + 400
+    assert len(agent.history["eval"]) == 3
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
+def test_config_fast_dev_run(config: Path, in_tmp: Path) -> None:
+    cli = fit(str(config), "--trainer.fast_dev_run", "2")
+    assert cli.model.num_updates == 2
+    assert cli.model.env_steps == 2 * cli.model.hparams.num_envs * cli.model.hparams.n_steps
+
+
+def test_bad_env_id_names_it(in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", PPO_CP, *QUIET, "--model.init_args.env_id", "CartPol-v1"])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "'CartPol-v1' is not a registered gymnasium environment" in err and "CartPole-v1" in err
+
+
+def test_unsupported_action_space_names_it() -> None:
+    from rl import PPO
+
+    class MultiDiscreteEnv(gym.Env):
+        observation_space = gym.spaces.Box(-1, 1, (2,))
+        action_space = gym.spaces.MultiDiscrete([2, 3])
+
+    gym.register("FusegenTest/MultiDiscrete-v0", entry_point=MultiDiscreteEnv)
+    with pytest.raises(ValueError, match=r"MultiDiscrete\(\[2 3\]\).*FusegenTest/MultiDiscrete-v0.*supported "
+                                         r"action spaces: Discrete, or a 1-D Box"):
+        PPO(env_id="FusegenTest/MultiDiscrete-v0")
