@@ -12,6 +12,9 @@ from datamodules.synthetic import SyntheticMultimodalDataModule
 __all__ = ["SyntheticMultimodalDataModule", "cache_dir", "default_data_root", "resolve_data_root"]
 
 from datamodules.avmnist import AVMNISTDataModule  # noqa: E402
+from datamodules.fsdd import FSDDDataModule  # noqa: E402
 from datamodules.mnist import MNISTDataModule  # noqa: E402
+from datamodules.sst2 import SST2DataModule  # noqa: E402
+from datamodules.trimodal import TriModalDigitsDataModule  # noqa: E402
 
-__all__ += ["AVMNISTDataModule", "MNISTDataModule"]
+__all__ += ["AVMNISTDataModule", "FSDDDataModule", "MNISTDataModule", "SST2DataModule", "TriModalDigitsDataModule"]

@@ -46,3 +46,32 @@ def per_sample_noise(seed: int, stream: int, indices: torch.Tensor, length: int)
     rows = [np.random.default_rng([seed, stream, int(i)]).standard_normal(length, dtype=np.float32)
             for i in indices.tolist()]
     return torch.from_numpy(np.stack(rows)) if rows else torch.zeros(0, length)
+
+
+class AudioBank:
+    """All clips of a dataset in one place, served per sample in the requested format.
+
+    Clean audio is a plain index into precomputed arrays; with ``noise > 0`` each sample's
+    waveform gets its own seeded noise (see ``per_sample_noise``) and, in spectrogram format,
+    its spectrogram is recomputed from the noisy waveform.
+    """
+
+    def __init__(self, waveforms: torch.Tensor, spectrograms: torch.Tensor | None, audio_format: str,
+                 noise: float = 0.0, seed: int = 0) -> None:
+        if audio_format not in ("spectrogram", "waveform"):
+            raise ValueError(f"audio_format must be 'spectrogram' or 'waveform', got {audio_format!r}")
+        self.waveforms, self.format, self.noise, self.seed = waveforms, audio_format, noise, seed
+        self.features = SpectrogramFeatures()
+        if audio_format == "spectrogram" and spectrograms is None:
+            spectrograms = self.features(waveforms)
+        self.spectrograms = spectrograms
+        self.rms = signal_rms(waveforms)
+
+    def get(self, recording: torch.Tensor, sample: torch.Tensor, stream: int) -> torch.Tensor:
+        """Audio for clips ``recording[b]``; ``sample[b]`` + ``stream`` key the noise draw."""
+        if self.noise <= 0:
+            return self.spectrograms[recording] if self.format == "spectrogram" else self.waveforms[recording]
+        wave = self.waveforms[recording]
+        noise = per_sample_noise(self.seed, stream, sample, wave.shape[-1])
+        wave = wave + self.noise * self.rms[recording].unsqueeze(1) * noise
+        return self.features(wave) if self.format == "spectrogram" else wave

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from datamodules.audio import SpectrogramFeatures, per_sample_noise, signal_rms
+from datamodules.audio import AudioBank, SpectrogramFeatures
 from datamodules.base import BatchedDataset, RealDataModule
 from datamodules.paths import cache_dir, resolve_data_root
 from datamodules.sources import load_mnist, read_fsdd
@@ -120,31 +120,18 @@ def build_avmnist(root: str | None, *, split: str, reduce_image: bool, image_ene
 class PairedDigits(BatchedDataset):
     """One split of AV-MNIST: images, the recording paired with each, labels."""
 
-    def __init__(self, image: torch.Tensor, recording: torch.Tensor, label: torch.Tensor, *,
-                 waveforms: torch.Tensor, spectrograms: torch.Tensor, rms: torch.Tensor, audio_format: str,
-                 audio_noise: float, seed: int, stream: int) -> None:
-        self.image, self.recording, self.label = image, recording, label
-        self.waveforms, self.spectrograms, self.rms = waveforms, spectrograms, rms
-        self.audio_format, self.audio_noise, self.seed, self.stream = audio_format, audio_noise, seed, stream
-        self.features = SpectrogramFeatures() if audio_noise > 0 and audio_format == "spectrogram" else None
+    def __init__(self, image: torch.Tensor, recording: torch.Tensor, label: torch.Tensor, *, bank: AudioBank,
+                 stream: int) -> None:
+        self.image, self.recording, self.label, self.bank, self.stream = image, recording, label, bank, stream
 
     def __len__(self) -> int:
         return len(self.label)
-
-    def audio(self, index: torch.Tensor) -> torch.Tensor:
-        r = self.recording[index]
-        if self.audio_noise <= 0:
-            return self.spectrograms[r] if self.audio_format == "spectrogram" else self.waveforms[r]
-        wave = self.waveforms[r]
-        noise = per_sample_noise(self.seed, self.stream, index, wave.shape[-1])
-        wave = wave + self.audio_noise * self.rms[r].unsqueeze(1) * noise
-        return self.features(wave) if self.features is not None else wave
 
     def get_batch(self, index: torch.Tensor) -> dict:
         n = len(index)
         return {
             "image": self.image[index],
-            "audio": self.audio(index),
+            "audio": self.bank.get(self.recording[index], index, self.stream),
             "label": self.label[index],
             "present": {"image": torch.ones(n, dtype=torch.bool), "audio": torch.ones(n, dtype=torch.bool)},
         }
@@ -269,22 +256,18 @@ class AVMNISTDataModule(RealDataModule):
             return
         self._load_or_build()
         hp, a = self.hparams, self.arrays
-        waves = a["waveforms"].float()
-        specs = a["spectrograms"].float()
-        rms = signal_rms(waves)
+        self.bank = AudioBank(a["waveforms"].float(), a["spectrograms"].float(), hp.audio_format, hp.audio_noise, hp.seed)
         images, labels = self.images(), self.labels()
         for code, s in enumerate(SPLITS):
             image, label, recording = images[s], labels[s], a[f"{s}_recording"]
             if s == "train" and hp.train_limit is not None:
                 image, label, recording = image[: hp.train_limit], label[: hp.train_limit], recording[: hp.train_limit]
-            self.splits[s] = self._make_dataset(
-                s, code, image=image.contiguous(), recording=recording, label=label, waveforms=waves,
-                spectrograms=specs, rms=rms)
+            self.splits[s] = self._make_dataset(s, PairedDigits(image.contiguous(), recording, label,
+                                                                bank=self.bank, stream=code))
 
-    def _make_dataset(self, split: str, code: int, **arrays: torch.Tensor) -> BatchedDataset:
-        hp = self.hparams
-        return PairedDigits(**arrays, audio_format=hp.audio_format, audio_noise=hp.audio_noise, seed=hp.seed,
-                            stream=code)
+    def _make_dataset(self, split: str, paired: PairedDigits) -> BatchedDataset:
+        """Hook for subclasses that add modalities (see ``TriModalDigitsDataModule``)."""
+        return paired
 
     # -- MultiBench export --------------------------------------------------------------------
     def export_multibench(self, out_dir: str | os.PathLike, chunk: int = 2048) -> Path:
