@@ -65,7 +65,7 @@ class AudioBank:
         if audio_format == "spectrogram" and spectrograms is None:
             spectrograms = self.features(waveforms)
         self.spectrograms = spectrograms
-        self.rms = signal_rms(waveforms)
+        self.rms = signal_rms(waveforms) if noise > 0 else None
 
     def get(self, recording: torch.Tensor, sample: torch.Tensor, stream: int) -> torch.Tensor:
         """Audio for clips ``recording[b]``; ``sample[b]`` + ``stream`` key the noise draw."""
