@@ -290,11 +290,13 @@ class AVMNISTDataModule(RealDataModule):
         return paired
 
     # -- MultiBench export --------------------------------------------------------------------
-    def export_multibench(self, out_dir: str | os.PathLike, chunk: int = 2048) -> Path:
+    def export_multibench(self, out_dir: str | os.PathLike, chunk: int = 2048, limit: int | None = None) -> Path:
         """Write MultiBench's AV-MNIST layout: ``image/{train,test}_data.npy`` (N, 784) and
         ``audio/{train,test}_data.npy`` (N, 112, 112), both float32 on a 0-255 scale (MultiBench
         divides by 255), and ``{train,test}_labels.npy``. MultiBench's train file = our train then
-        val (it takes the last 5,000 as validation, matching our val split)."""
+        val (it takes the last 5,000 as validation, matching our val split). The full export is
+        about 3.3 GB (float32 spectrograms); ``limit`` keeps only the first ``limit`` samples of
+        each split (smoke tests only: the train file then no longer ends with 5,000 val rows)."""
         if self.hparams.audio_format != "spectrogram":
             raise ValueError("export_multibench needs audio_format='spectrogram' (MultiBench reads 112x112 arrays)")
         self.setup()
@@ -302,15 +304,16 @@ class AVMNISTDataModule(RealDataModule):
         (out / "image").mkdir(parents=True, exist_ok=True)
         (out / "audio").mkdir(parents=True, exist_ok=True)
         groups = {"train": [self.splits["train"], self.splits["val"]], "test": [self.splits["test"]]}
+        size = (lambda d: len(d)) if limit is None else (lambda d: min(len(d), limit))
         for name, datasets in groups.items():
-            n = sum(len(d) for d in datasets)
+            n = sum(size(d) for d in datasets)
             img = np.lib.format.open_memmap(out / "image" / f"{name}_data.npy", "w+", np.float32, (n, 784))
             aud = np.lib.format.open_memmap(out / "audio" / f"{name}_data.npy", "w+", np.float32, (n, 112, 112))
             labels = np.empty(n, dtype=np.int64)
             row = 0
             for ds in datasets:
-                for start in range(0, len(ds), chunk):
-                    b = ds.get_batch(torch.arange(start, min(start + chunk, len(ds))))
+                for start in range(0, size(ds), chunk):
+                    b = ds.get_batch(torch.arange(start, min(start + chunk, size(ds))))
                     k = len(b["label"])
                     img[row:row + k] = (b["image"].reshape(k, 784) * 255.0).numpy()
                     aud[row:row + k] = (b["audio"].reshape(k, 112, 112) * 255.0).numpy()

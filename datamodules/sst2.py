@@ -66,8 +66,8 @@ class SST2DataModule(RealDataModule):
         """Tokenize once; later runs load the ids (tokenizing 67k sentences takes seconds)."""
         hp = self.hparams
         st = os.stat(path)
-        key = hashlib.sha1(f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{hp.tokenizer}|{hp.max_length}"
-                           .encode()).hexdigest()[:16]
+        key = hashlib.sha1(f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{hp.tokenizer}|{hp.max_length}|"
+                           f"{len(sentences)}".encode()).hexdigest()[:16]
         file = cache_dir("sst2") / f"{key}.safetensors"
         if file.is_file():
             return load_file(str(file))
@@ -84,10 +84,9 @@ class SST2DataModule(RealDataModule):
         folder = sst2_folder(hp.root, download=hp.download)
         for split, name in (("train", "train.tsv"), ("val", "dev.tsv")):
             sentences, labels = read_sst2(folder / name)
-            enc = self._encode(folder / name, sentences)
             label = torch.from_numpy(labels)
             if split == "train" and hp.train_limit is not None:
                 sentences, label = sentences[: hp.train_limit], label[: hp.train_limit]
-                enc = {k: v[: hp.train_limit] for k, v in enc.items()}
+            enc = self._encode(folder / name, sentences)
             self.splits[split] = TextSet(enc["input_ids"], enc["attention_mask"], label, sentences)
         self.splits["test"] = self.splits["val"]  # dev.tsv: GLUE's test.tsv has no labels
