@@ -9,11 +9,16 @@ logging and checkpointing trigger every epoch as for any other dataset.
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Iterator
 
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, IterableDataset
+
+# Lightning warns that a sized IterableDataset may be mis-counted by several workers; rollouts
+# are collected in the main process (num_workers=0), where the length is exact.
+warnings.filterwarnings("ignore", message=r".*IterableDataset.*has `__len__` defined")
 
 
 class RolloutDataset(IterableDataset):
