@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 PAD_ID, CLS_ID, SEP_ID, BYTE_OFFSET = 0, 1, 2, 3
@@ -21,14 +22,17 @@ class ByteTokenizer:
     pad_token_id = PAD_ID
 
     def __call__(self, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
-        ids = torch.full((len(texts), max_length), PAD_ID, dtype=torch.long)
-        mask = torch.zeros((len(texts), max_length), dtype=torch.long)
+        ids = np.zeros((len(texts), max_length), dtype=np.int64)  # PAD_ID = 0
+        lengths = np.zeros(len(texts), dtype=np.int64)
         for row, text in enumerate(texts):
-            body = [b + BYTE_OFFSET for b in text.encode("utf-8")][: max_length - 2]
-            seq = [CLS_ID, *body, SEP_ID]
-            ids[row, : len(seq)] = torch.tensor(seq)
-            mask[row, : len(seq)] = 1
-        return {"input_ids": ids, "attention_mask": mask}
+            body = np.frombuffer(text.encode("utf-8")[: max_length - 2], dtype=np.uint8)
+            ids[row, 1 : 1 + len(body)] = body + BYTE_OFFSET
+            lengths[row] = len(body)
+        rows = np.arange(len(texts))
+        ids[:, 0] = CLS_ID
+        ids[rows, lengths + 1] = SEP_ID
+        mask = (np.arange(max_length)[None, :] < (lengths + 2)[:, None]).astype(np.int64)
+        return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
 
 
 class HFTokenizer:

@@ -21,7 +21,7 @@ from datamodules.base import BatchedDataset
 from datamodules.text import load_tokenizer, trim_batch
 
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-TEMPLATES = ("{}", "the number {}", "a {}", "it is {}", "i think it's a {}", "this one is {}", "digit: {}", "{} i guess")
+TEMPLATES = ("{}", "the number {}", "a {}", "it is {}", "i think it's a {}", "this is a {}", "digit: {}", "{} i guess")
 DISTRACTOR_TEMPLATES = ("{true} or {other}", "{other} or {true}", "{other}, no, {true}", "{true}, not {other}",
                         "{other} or maybe {true}")
 LETTERS = "abcdefghijklmnopqrstuvwxyz"

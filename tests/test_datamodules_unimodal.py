@@ -1,0 +1,115 @@
+"""MNIST, FSDD, SST-2 and tri-modal digits on the real files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from datamodules import FSDDDataModule, MNISTDataModule, SST2DataModule, TriModalDigitsDataModule
+from datamodules.text import BYTE_OFFSET
+from datamodules.trimodal import WORDS
+
+
+def test_mnist_splits_ranges_and_resize(data_root: Path) -> None:
+    dm = MNISTDataModule(root=str(data_root), image_size=32)
+    dm.setup()
+    assert {s: len(d) for s, d in dm.splits.items()} == {"train": 55_000, "val": 5_000, "test": 10_000}
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (64, 1, 32, 32) and batch["image"].dtype == torch.float32
+    assert batch["label"].dtype == torch.int64 and set(batch["present"]) == {"image"}
+    assert batch["image"].min() >= -1.0 and batch["image"].max() <= 1.0 and batch["image"].min() < -0.99
+    std = MNISTDataModule(root=str(data_root), normalize="standard", val_size=10_000)
+    std.setup()
+    assert len(std.splits["train"]) == 50_000
+    x = std.splits["train"].get_batch(torch.arange(5000))["image"]
+    assert abs(x.mean().item()) < 0.1 and abs(x.std().item() - 1.0) < 0.1
+    with pytest.raises(ValueError, match="normalize"):
+        MNISTDataModule(normalize="minmax")
+
+
+@pytest.mark.parametrize("split", ["speaker", "recording"])
+def test_fsdd_splits_are_disjoint(data_root: Path, split: str) -> None:
+    dm = FSDDDataModule(root=str(data_root), split=split)
+    dm.setup()
+    sizes = {s: len(d) for s, d in dm.splits.items()}
+    assert sum(sizes.values()) == 3000
+    paths = {s: set(p) for s, p in dm.paths.items()}
+    assert not paths["train"] & paths["test"] and not paths["val"] & paths["test"] and not paths["train"] & paths["val"]
+    names = {s: [Path(p).stem.split("_") for p in ps] for s, ps in dm.paths.items()}
+    if split == "speaker":
+        assert sizes["test"] == 500 and {n[1] for n in names["test"]} == {"yweweler"}
+        assert "yweweler" not in {n[1] for n in names["train"] + names["val"]}
+    else:
+        assert sizes["test"] == 300 and all(int(n[2]) < 5 for n in names["test"])
+        assert all(int(n[2]) >= 5 for n in names["train"] + names["val"])
+    assert sizes["val"] == round(0.1 * (3000 - sizes["test"]))
+    for s, ds in dm.splits.items():  # labels = the digit in each file name
+        assert ds.label.tolist() == [int(n[0]) for n in names[s]]
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["audio"].shape == (64, 1, 112, 112) and set(batch) == {"audio", "label", "present"}
+
+
+def test_fsdd_waveform_format(data_root: Path) -> None:
+    dm = FSDDDataModule(root=str(data_root), audio_format="waveform", batch_size=16)
+    dm.setup()
+    batch = next(iter(dm.val_dataloader()))
+    assert batch["audio"].shape == (16, 8000) and batch["audio"].dtype == torch.float32
+    assert batch["audio"].abs().max() > 0.01
+
+
+def test_sst2_byte_tokenizer_reads_train_and_dev(data_root: Path) -> None:
+    dm = SST2DataModule(root=str(data_root), tokenizer="byte", max_length=64)
+    dm.setup()
+    assert len(dm.splits["train"]) == 67_349 and len(dm.splits["val"]) == 872
+    assert dm.splits["test"] is dm.splits["val"]  # test.tsv has no labels: test reads dev.tsv
+    assert set(dm.splits["val"].label.tolist()) == {0, 1} and dm.vocab_size == 259
+    ds = dm.splits["val"]
+    b = ds.get_batch(torch.arange(8))
+    assert b["text"]["input_ids"].shape[1] <= 64 and b["text"]["attention_mask"].dtype == torch.int64
+    ids = b["text"]["input_ids"][0][b["text"]["attention_mask"][0].bool()]
+    decoded = bytes((ids[1:-1] - BYTE_OFFSET).tolist()).decode()
+    assert decoded == ds.sentences[0][:62]
+
+
+def test_sst2_minilm_tokenizer(data_root: Path) -> None:
+    dm = SST2DataModule(root=str(data_root), tokenizer="minilm", train_limit=500, batch_size=32)
+    dm.setup()
+    assert len(dm.splits["train"]) == 500 and dm.vocab_size == 30522
+    batch = next(iter(dm.test_dataloader()))
+    ids, mask = batch["text"]["input_ids"], batch["text"]["attention_mask"]
+    assert ids.shape == mask.shape and ids.shape[0] == 32 and (ids[:, 0] == 101).all()  # [CLS]
+    assert (ids[mask == 0] == 0).all() and mask.sum(1).min() >= 3
+    text = dm.tokenizer.tok.decode(ids[0][mask[0].bool()], skip_special_tokens=True)
+    squeeze = lambda t: "".join(t.lower().split())  # noqa: E731  (WordPiece re-joins "it 's")
+    assert squeeze(dm.splits["test"].sentences[0]).startswith(squeeze(text)[:30])
+
+
+def test_trimodal_batches_and_text_noise(data_root: Path) -> None:
+    dm = TriModalDigitsDataModule(root=str(data_root), text_noise=0.3)
+    dm.setup()
+    batch = next(iter(dm.train_dataloader()))
+    assert set(batch) == {"image", "audio", "text", "label", "present"}
+    assert set(batch["present"]) == {"image", "audio", "text"}
+    assert batch["image"].shape == (64, 1, 28, 28) and batch["audio"].shape == (64, 1, 112, 112)
+    assert batch["text"]["input_ids"].shape[1] <= 16
+    train = dm.splits["train"]
+    kinds = train.kinds
+    assert abs((kinds > 0).mean() - 0.3) < 0.02  # ~30% of texts corrupted, in three kinds
+    assert set(np.unique(kinds)) == {0, 1, 2, 3}
+    labels = train.paired.label.tolist()
+    for text, y, kind in zip(train.texts[:2000], labels[:2000], kinds[:2000]):
+        words = set(text.replace(",", "").split())
+        if kind == 0:
+            assert WORDS[y] in words and len(words & set(WORDS)) == 1
+        elif kind == 2:
+            assert WORDS[y] in words and len(words & set(WORDS)) == 2
+        elif kind == 3:
+            assert WORDS[y] not in words
+    # Same seed -> same texts; the image/audio side is AV-MNIST's (shared cache).
+    again = TriModalDigitsDataModule(root=str(data_root), text_noise=0.3)
+    again.setup()
+    assert again.cache_hit and again.splits["test"].texts == dm.splits["test"].texts
+    assert torch.equal(again.splits["train"].paired.recording, train.paired.recording)
