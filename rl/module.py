@@ -218,9 +218,9 @@ class PolicyGradient(pl.LightningModule):
         size = n if h.batch_size is None else min(h.batch_size, n)
         stats: dict[str, list[torch.Tensor]] = {}
         for _ in range(h.n_epochs):
-            perm = torch.randperm(n, device=self.device)
+            perm = torch.randperm(n, device=self.device) if size < n else None  # one minibatch: order is moot
             for start in range(0, n, size):
-                mb = {k: v[perm[start:start + size]] for k, v in batch.items()}
+                mb = batch if perm is None else {k: v[perm[start:start + size]] for k, v in batch.items()}
                 loss, mb_stats = self.loss(mb)
                 optimizer.zero_grad(set_to_none=True)
                 self.manual_backward(loss)
