@@ -191,6 +191,7 @@ class PolicyGradient(pl.LightningModule):
         self._t0_steps = self.env_steps
         self._wall0 = self.wall_time
         self._eval_time = 0.0
+        self._episodes: tuple[list[float], list[int]] = ([], [])
 
     def on_fit_end(self) -> None:
         if self._saved_threads is not None:
@@ -237,21 +238,35 @@ class PolicyGradient(pl.LightningModule):
     def stop_early(self, stats: dict[str, list[torch.Tensor]]) -> bool:
         return False
 
+    def _should_log(self) -> bool:
+        # self.log costs ~1 ms per key on CPU; only call it on the steps the loggers will write
+        connector = getattr(self.trainer, "_logger_connector", None)
+        return connector is None or connector.should_update_logs or bool(self.trainer.fast_dev_run)
+
     def _log_update(self, batch: dict[str, torch.Tensor], stats: dict[str, list[torch.Tensor]]) -> None:
         self._update_wall_time()
+        returns, lengths = self.collector.pop_episodes()
+        if returns:
+            self.history["train"].append((self.env_steps, float(np.mean(returns)), self.wall_time))
+            self._episodes[0].extend(returns), self._episodes[1].extend(lengths)
+        if not self._should_log():
+            return
         elapsed = max(1e-9, self.wall_time - self._wall0)
         metrics = {f"train/{k}": torch.stack(v).mean() for k, v in stats.items()}
         metrics["train/explained_variance"] = explained_variance(batch["values"], batch["returns"])
         metrics["time/env_steps"] = float(self.env_steps)
         metrics["time/fps"] = (self.env_steps - self._t0_steps) / elapsed
-        returns, lengths = self.collector.pop_episodes()
-        if returns:
-            metrics["train/episode_return"] = float(np.mean(returns))
-            metrics["train/episode_length"] = float(np.mean(lengths))
-            self.history["train"].append((self.env_steps, float(np.mean(returns)), self.wall_time))
+        metrics.update(self.extra_metrics())
+        if self._episodes[0]:  # episodes finished since the last log
+            metrics["train/episode_return"] = float(np.mean(self._episodes[0]))
+            metrics["train/episode_length"] = float(np.mean(self._episodes[1]))
+            self.log("return", metrics["train/episode_return"], prog_bar=True, on_step=True, on_epoch=False,
+                     batch_size=1, logger=False)
+            self._episodes = ([], [])
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1)
-        self.log("return", metrics.get("train/episode_return", float("nan")), prog_bar=True, on_step=True,
-                 on_epoch=False, batch_size=1, logger=False)
+
+    def extra_metrics(self) -> dict[str, float]:
+        return {}
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         if self.trainer.sanity_checking:
@@ -366,6 +381,5 @@ class PPO(PolicyGradient):
         target = self.hparams.target_kl
         return target is not None and float(stats["approx_kl"][-1]) > 1.5 * target
 
-    def _log_update(self, batch: dict[str, torch.Tensor], stats: dict[str, list[torch.Tensor]]) -> None:
-        super()._log_update(batch, stats)
-        self.log("train/clip_range", self.clip, on_step=True, on_epoch=False, batch_size=1)
+    def extra_metrics(self) -> dict[str, float]:
+        return {"train/clip_range": self.clip}

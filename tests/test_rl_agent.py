@@ -28,7 +28,8 @@ def test_ppo_cartpole_learns(in_tmp: Path) -> None:
     agent = cli.model
     evals = [ret for _, ret, _ in agent.history["eval"]]
     assert evals[-1] >= 150, f"PPO did not learn CartPole: eval returns {evals}"  # random policy: ~20
-    assert evals[0] < evals[-1]
+    untrained, _ = type(agent)(env_id="CartPole-v1").evaluate(10)
+    assert untrained.mean() < 60, untrained  # the greedy untrained policy falls over quickly
     assert Path(agent.learning_curve_path).is_file()
     assert Path(agent.learning_curve_path).parent.parent.name == "tensorboard"
     metrics = cli.trainer.logged_metrics
