@@ -47,8 +47,9 @@ def check_action_space(space: gym.Space, env_id: str = "") -> None:
 
 def make_vec_env(env_id: str, num_envs: int, *, seed: int | None = None, normalize_obs: bool = False,
                  normalize_reward: bool = False, gamma: float = 0.99, env_kwargs: dict[str, Any] | None = None,
-                 record_stats: bool = True) -> gym.vector.VectorEnv:
-    """``SyncVectorEnv`` of ``num_envs`` copies of ``env_id``.
+                 record_stats: bool = True, asynchronous: bool = False) -> gym.vector.VectorEnv:
+    """``SyncVectorEnv`` (or ``AsyncVectorEnv``: one process per env, for slow simulators) of
+    ``num_envs`` copies of ``env_id``.
 
     Wrapper order matters: episode statistics sit *inside* the normalisers so logged returns are
     the true (unnormalised) ones; continuous actions are clipped to the bounds inside the env, so
@@ -56,7 +57,8 @@ def make_vec_env(env_id: str, num_envs: int, *, seed: int | None = None, normali
     """
     check_env_id(env_id)
     env_kwargs = dict(env_kwargs or {})
-    envs = gym.vector.SyncVectorEnv([lambda: gym.make(env_id, **env_kwargs) for _ in range(num_envs)])
+    vector_cls = gym.vector.AsyncVectorEnv if asynchronous else gym.vector.SyncVectorEnv
+    envs = vector_cls([lambda: gym.make(env_id, **env_kwargs) for _ in range(num_envs)])
     check_action_space(envs.single_action_space, env_id)
     if isinstance(envs.single_action_space, gym.spaces.Box):
         envs = vw.ClipAction(envs)

@@ -67,6 +67,7 @@ class PolicyGradient(pl.LightningModule):
         target_return: stop once the mean evaluation return reaches it (None = never).
         seed: env seed (None = the torch seed set by ``seed_everything``).
         num_threads: torch CPU threads while fitting (tiny MLPs run fastest on 1); None = leave.
+        async_envs: step the training envs in subprocesses (``AsyncVectorEnv``) instead of in turn.
     """
 
     def __init__(self, env_id: str = "CartPole-v1", policy: PolicyFactory | None = None,
@@ -76,7 +77,8 @@ class PolicyGradient(pl.LightningModule):
                  max_grad_norm: float | None = 0.5, normalize_advantage: bool = True, anneal_lr: bool = False,
                  normalize_obs: bool = False, normalize_reward: bool = False, eval_every_steps: int = 5000,
                  n_eval_episodes: int = 10, target_return: float | None = None, seed: int | None = None,
-                 num_threads: int | None = 1, env_kwargs: dict[str, Any] | None = None) -> None:
+                 num_threads: int | None = 1, env_kwargs: dict[str, Any] | None = None,
+                 async_envs: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["policy", "optimizer"])
         self.automatic_optimization = False  # one update = several minibatch steps over one rollout
@@ -128,7 +130,8 @@ class PolicyGradient(pl.LightningModule):
         if self._collector is None:
             h = self.hparams
             envs = make_vec_env(h.env_id, h.num_envs, seed=self._seed(), normalize_obs=h.normalize_obs,
-                                normalize_reward=h.normalize_reward, gamma=h.gamma, env_kwargs=h.env_kwargs)
+                                normalize_reward=h.normalize_reward, gamma=h.gamma, env_kwargs=h.env_kwargs,
+                                asynchronous=h.async_envs)
             if self._pending_norm:
                 load_normalization_state(envs, self._pending_norm)
                 self._pending_norm = None
@@ -194,6 +197,8 @@ class PolicyGradient(pl.LightningModule):
         self._episodes: tuple[list[float], list[int]] = ([], [])
 
     def on_fit_end(self) -> None:
+        if self.hparams.async_envs and self._collector is not None:
+            self._collector.envs.close()  # stop the worker processes (statistics stay readable)
         if self._saved_threads is not None:
             torch.set_num_threads(self._saved_threads)
             self._saved_threads = None
@@ -279,7 +284,7 @@ class PolicyGradient(pl.LightningModule):
         self.history["eval"].append((self.env_steps, mean, self.wall_time))
         self.log_dict({"val/return": mean, "val/return_std": float(returns.std()),
                        "val/episode_length": float(lengths.mean()), "val/env_steps": float(self.env_steps)},
-                      batch_size=1)
+                      batch_size=1, sync_dist=True)
         self.log("val_return", mean, prog_bar=True, logger=False, batch_size=1)
         if self.hparams.target_return is not None and mean >= self.hparams.target_return:
             self.trainer.should_stop = True

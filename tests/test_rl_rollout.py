@@ -101,3 +101,14 @@ def test_actor_critic_spaces_and_image_encoder() -> None:
     net = ActorCritic(img, gym.spaces.Discrete(4), encoder=SmallCNNImageEncoder(in_chans=1, out_dim=32))
     action, logp, value = net.act(torch.randint(0, 255, (2, 28, 28, 1)).float())
     assert action.shape == (2,) and int(action.max()) < 4 and value.shape == (2,)
+
+
+def test_async_envs_collect_like_sync() -> None:
+    policy = _ConstValue()
+    batches = []
+    for asynchronous in (False, True):
+        envs = make_vec_env("CartPole-v1", 2, seed=0, asynchronous=asynchronous)
+        batches.append(RolloutCollector(envs, n_steps=30, gamma=0.99, gae_lambda=0.95, seed=0).collect(policy))
+        envs.close()
+    for key in ("obs", "returns"):
+        torch.testing.assert_close(batches[0][key], batches[1][key])
