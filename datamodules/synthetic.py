@@ -44,6 +44,7 @@ def make_synthetic(
     num_classes: int = 10,
     seed: int = 0,
     image_noise: float = 1.2,
+    image_distractor: float = 0.95,
     audio_noise: float = 3.0,
     text_keep_prob: float = 0.45,
     sample_rate: int = 8000,
@@ -63,7 +64,9 @@ def make_synthetic(
 
     g = torch.Generator().manual_seed(seed)
     label = torch.randint(num_classes, (n,), generator=g)
-    image = protos[label] + image_noise * torch.randn(n, 1, 28, 28, generator=g)
+    # A weaker prototype of another class is mixed in: iid noise alone stays linearly separable.
+    distractor = (label + torch.randint(1, num_classes, (n,), generator=g)) % num_classes
+    image = protos[label] + image_distractor * protos[distractor] + image_noise * torch.randn(n, 1, 28, 28, generator=g)
 
     t = torch.arange(audio_len, dtype=torch.float32) / sample_rate
     phase = 2 * math.pi * torch.rand(n, 1, generator=g)
@@ -102,7 +105,8 @@ class SyntheticMultimodalDataModule(pl.LightningDataModule):
         batch_size: samples per batch.
         seed: per-split draws use ``seed``, ``seed + 1`` and ``seed + 2``.
         missing_prob: probability that a modality is absent (marked in ``present``) per sample.
-        image_noise / audio_noise / text_keep_prob: how hard each modality is on its own.
+        image_noise / image_distractor / audio_noise / text_keep_prob: how hard each modality is
+            on its own (defaults: roughly 65% image, 75% audio, 50% text for simple classifiers).
         num_workers: DataLoader workers.
     """
 
@@ -119,6 +123,7 @@ class SyntheticMultimodalDataModule(pl.LightningDataModule):
         seed: int = 0,
         missing_prob: float = 0.0,
         image_noise: float = 1.2,
+        image_distractor: float = 0.95,
         audio_noise: float = 3.0,
         text_keep_prob: float = 0.45,
         num_workers: int = 0,
@@ -131,7 +136,7 @@ class SyntheticMultimodalDataModule(pl.LightningDataModule):
         if self.splits:
             return
         hp = self.hparams
-        kw = dict(image_noise=hp.image_noise, audio_noise=hp.audio_noise, text_keep_prob=hp.text_keep_prob,
+        kw = dict(image_noise=hp.image_noise, image_distractor=hp.image_distractor, audio_noise=hp.audio_noise, text_keep_prob=hp.text_keep_prob,
                   missing_prob=hp.missing_prob, vocab_size=self.vocab_size, sample_rate=self.sample_rate)
         for offset, (split, n) in enumerate(
             [("train", hp.num_train), ("val", hp.num_val), ("test", hp.num_test)]

@@ -27,16 +27,26 @@ CONFIG_DIR = Path(__file__).resolve().parent
 TRAINER_DEFAULTS = CONFIG_DIR / "trainer.yaml"
 
 
+class FusegenArgumentParser(LightningArgumentParser):
+    """Prints a one-line usage on errors: the full synopsis is ~50 lines and buries the message."""
+
+    def print_usage(self, file: Any = None) -> None:
+        print(f"usage: {self.prog} [--config CONFIG.yaml ...] [--print_config] [--KEY VALUE ...]", file=file)
+
+
 class FusegenCLI(LightningCLI):
     """LightningCLI with fusegen's shared trainer defaults and run-folder convention."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("parser_kwargs", {
-            sub: {"default_config_files": [str(TRAINER_DEFAULTS)]} for sub in self.subcommands()
-        })
+        defaults = {"default_config_files": [str(TRAINER_DEFAULTS)]}
+        # With subcommands (the command line) each subcommand parser loads trainer.yaml;
+        # with run=False (Python use, no subcommand) the single parser does.
+        kwargs.setdefault("parser_kwargs", {sub: dict(defaults) for sub in self.subcommands()}
+                          if kwargs.get("run", True) else dict(defaults))
         # A second run into the same folder must not abort on an existing config.yaml.
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("seed_everything_default", 0)
+        kwargs.setdefault("parser_class", FusegenArgumentParser)
         super().__init__(LightningModule, LightningDataModule, *args,
                          subclass_mode_model=True, subclass_mode_data=True, **kwargs)
 
@@ -49,6 +59,11 @@ class FusegenCLI(LightningCLI):
         run_dir = str(Path(config.trainer.default_root_dir or "runs") / config.experiment)
         _fill_run_dir(config.trainer.logger, run_dir)
         _fill_run_dir(config.trainer.callbacks, run_dir)
+        if config.trainer.enable_progress_bar is False and isinstance(config.trainer.callbacks, list):
+            # trainer.yaml adds a RichProgressBar; honour `--trainer.enable_progress_bar false`
+            # instead of letting Lightning reject the combination.
+            config.trainer.callbacks = [c for c in config.trainer.callbacks
+                                        if not str(getattr(c, "class_path", "")).endswith("ProgressBar")]
         if torch.cuda.is_available():
             torch.set_float32_matmul_precision("high")  # TF32 on Ampere+; bf16 comes from the gpu preset
 
