@@ -39,8 +39,9 @@ AVMNIST_RUNS: dict[str, tuple[str, list[str], list[str]]] = {
                                ["audio", "image"]),
 }
 SST2_RUNS: dict[str, tuple[str, list[str], list[str]]] = {
-    "sst2-text": ("sst2-text.yaml", [], []),
-    "sst2-text-minilm": ("sst2-text-minilm.yaml", [], []),
+    # the from-scratch model needs more passes; the frozen MiniLM only trains its MLP head
+    "sst2-text": ("sst2-text.yaml", ["--trainer.max_epochs", "3"], []),
+    "sst2-text-minilm": ("sst2-text-minilm.yaml", ["--trainer.max_epochs", "1"], []),
 }
 UNIMODAL = ("avmnist-image-only", "avmnist-audio-only")
 FUSION = ("avmnist-concat", "avmnist-attention", "avmnist-lowrank")
@@ -135,12 +136,12 @@ def report(args: argparse.Namespace) -> dict:
             lines.append(f"| {key} | {_mean_std(accs(key))} | {_mean_std(accs(key, 'acc_no-audio'))} | "
                          f"{_mean_std(accs(key, 'acc_no-image'))} |")
     if any(k in rows for k in SST2_RUNS):
-        lines += ["", "SST-2 dev accuracy % (text encoder fine-tuned, "
-                  f"{args.sst2_epochs} epoch(s) on the first {args.sst2_train_limit} training sentences):", "",
-                  "| model | config | dev accuracy % |", "|---|---|---|"]
+        lines += ["", f"SST-2 dev accuracy % (first {args.sst2_train_limit} training sentences):", "",
+                  "| model | config | epochs | dev accuracy % |", "|---|---|---|---|"]
         for key in SST2_RUNS:
             if key in rows:
-                lines.append(f"| {key} | `{rows[key][0]['config']}` | {_mean_std(accs(key))} |")
+                lines.append(f"| {key} | `{rows[key][0]['config']}` | {rows[key][0]['epochs']} | "
+                             f"{_mean_std(accs(key))} |")
 
     best_uni = max((mean(k) for k in UNIMODAL if mean(k) is not None), default=None)
     fusion_means = {k: mean(k) for k in FUSION if mean(k) is not None}
@@ -174,7 +175,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--train-limit", type=int, default=8000)
     p.add_argument("--val-fraction", type=float, default=0.2)
-    p.add_argument("--sst2-epochs", type=int, default=1)
+    p.add_argument("--sst2-epochs", type=int, default=1, help="(the SST-2 runs set their own epochs)")
     p.add_argument("--sst2-train-limit", type=int, default=4000)
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (child processes)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
