@@ -351,6 +351,10 @@ class TransformerTextEncoder(Encoder):
                                      "print(sorted(CONFIG_MAPPING))\"`.")
                 hf_config = AutoConfig.for_model(model_type, **kwargs)
             self.model = AutoModel.from_config(hf_config)
+        if getattr(self.model, "pooler", None) is not None:
+            # Only the token states are used: a pooler left in would get no gradient, which DDP
+            # rejects ("parameters that were not used in producing the loss").
+            self.model.pooler = None
         hidden = self.model.config.hidden_size
         self.proj, self.out_dim = _projection(hidden, out_dim)
         self.input_shapes = ((None,),)
