@@ -109,6 +109,17 @@ def build_avmnist(root: str | None, *, audio_length: int, download: bool, skip_b
     return tensors, meta
 
 
+def source_fingerprint(root: Path) -> list:
+    """(name, size, mtime) summary of the MNIST and FSDD files (a stat per file: milliseconds)."""
+    out = []
+    for folder, pattern in ((root / "MNIST" / "raw", "*"), (root / "fsdd" / "recordings", "*.wav")):
+        stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.glob(pattern))
+                 if p.is_file()] if folder.is_dir() else []
+        digest = hashlib.sha1(json.dumps(stats).encode()).hexdigest()[:12]
+        out.append([str(folder.relative_to(root)), len(stats), digest])
+    return out
+
+
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
     """Write to a temp name then rename: a concurrent reader never sees half a file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -201,9 +212,11 @@ class AVMNISTDataModule(RealDataModule):
 
     # -- build / cache ------------------------------------------------------------------------
     def build_key(self) -> str:
-        """Hash of what the cached arrays depend on (split / seed / PCA are derived at setup)."""
+        """Hash of what the cached arrays depend on (split / seed / PCA are derived at setup),
+        including a cheap fingerprint of the source files so edited data is rebuilt."""
         hp = self.hparams
-        params = {"version": BUILD_VERSION, "root": str(resolve_data_root(hp.root, must_exist=False).resolve()),
+        root = resolve_data_root(hp.root, must_exist=False).resolve()
+        params = {"version": BUILD_VERSION, "root": str(root), "sources": source_fingerprint(root),
                   "audio_length": hp.audio_length, "skip_bad_files": hp.skip_bad_files}
         return hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
 
