@@ -39,7 +39,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from datamodules.audio import AudioBank, SpectrogramFeatures
-from datamodules.base import BatchedDataset, RealDataModule
+from datamodules.base import BatchedDataset, RealDataModule, presence_masks
 from datamodules.paths import cache_dir, resolve_data_root
 from datamodules.sources import load_mnist, read_fsdd
 
@@ -134,20 +134,29 @@ class PairedDigits(BatchedDataset):
     """One split of AV-MNIST: images, the recording paired with each, labels."""
 
     def __init__(self, image: torch.Tensor, recording: torch.Tensor, label: torch.Tensor, *, bank: AudioBank,
-                 stream: int) -> None:
+                 stream: int, present: dict[str, torch.Tensor] | None = None) -> None:
         self.image, self.recording, self.label, self.bank, self.stream = image, recording, label, bank, stream
+        self.present = present  # None: every modality present
 
     def __len__(self) -> int:
         return len(self.label)
 
+    def presence(self, index: torch.Tensor, modality: str) -> torch.Tensor:
+        if self.present is None:
+            return torch.ones(len(index), dtype=torch.bool)
+        return self.present[modality][index]
+
     def get_batch(self, index: torch.Tensor) -> dict:
-        n = len(index)
-        return {
+        batch = {
             "image": self.image[index],
             "audio": self.bank.get(self.recording[index], index, self.stream),
             "label": self.label[index],
-            "present": {"image": torch.ones(n, dtype=torch.bool), "audio": torch.ones(n, dtype=torch.bool)},
+            "present": {m: self.presence(index, m) for m in ("image", "audio")},
         }
+        if self.present is not None:  # absent modalities are blanked, so a model cannot peek
+            for m in ("image", "audio"):
+                batch[m][~batch["present"][m]] = 0.0
+        return batch
 
 
 # ----------------------------------------------------------------------------------------------
@@ -171,6 +180,9 @@ class AVMNISTDataModule(RealDataModule):
         test_speaker: held-out speaker of the ``speaker`` split.
         audio_length: clip length in samples at 8 kHz (centre-crop / zero-pad).
         skip_bad_files: skip unreadable wavs with a warning instead of failing.
+        missing_prob: per-sample probability that each modality is absent (marked False in
+            ``present`` and blanked to zeros; never all modalities of a sample), seeded, applied
+            to the splits in ``missing_splits`` -- for robustness-to-missing-modality studies.
     """
 
     num_classes = 10
@@ -194,8 +206,15 @@ class AVMNISTDataModule(RealDataModule):
         test_speaker: str = "yweweler",
         audio_length: int = 8000,
         skip_bad_files: bool = False,
+        missing_prob: float = 0.0,
+        missing_splits: list[str] | None = None,
     ) -> None:
         super().__init__()
+        if not 0.0 <= missing_prob < 1.0:
+            raise ValueError(f"missing_prob must be in [0, 1), got {missing_prob}")
+        bad_splits = set(missing_splits or ()) - set(SPLITS)
+        if bad_splits:
+            raise ValueError(f"missing_splits: unknown split(s) {sorted(bad_splits)}; choose from {list(SPLITS)}")
         if split not in ("speaker", "recording"):
             raise ValueError(f"split must be 'speaker' or 'recording', got {split!r}")
         if audio_format not in ("spectrogram", "waveform"):
@@ -295,8 +314,11 @@ class AVMNISTDataModule(RealDataModule):
             image, label, recording = images[s], labels[s], pairs[s]
             if s == "train" and hp.train_limit is not None:
                 image, label, recording = image[: hp.train_limit], label[: hp.train_limit], recording[: hp.train_limit]
+            present = None
+            if hp.missing_prob > 0 and s in (hp.missing_splits or SPLITS):
+                present = presence_masks(len(label), self.modalities, hp.missing_prob, [hp.seed, code, 13])
             self.splits[s] = self._make_dataset(s, PairedDigits(image.contiguous(), recording, label,
-                                                                bank=self.bank, stream=code))
+                                                                bank=self.bank, stream=code, present=present))
 
     def _make_dataset(self, split: str, paired: PairedDigits) -> BatchedDataset:
         """Hook for subclasses that add modalities (see ``TriModalDigitsDataModule``)."""

@@ -77,3 +77,15 @@ class RealDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
+
+
+def presence_masks(n: int, modalities: tuple[str, ...], missing_prob: float, seed: list[int]) -> dict[str, torch.Tensor]:
+    """Per-sample presence of each modality: absent with probability ``missing_prob``, seeded,
+    and never all absent (a sample with nothing left gets one modality back at random)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    present = rng.random((n, len(modalities))) >= missing_prob
+    empty = np.flatnonzero(~present.any(axis=1))
+    present[empty, rng.integers(len(modalities), size=len(empty))] = True
+    return {m: torch.from_numpy(present[:, j].copy()) for j, m in enumerate(modalities)}

@@ -65,17 +65,23 @@ def digit_texts(labels: np.ndarray, noise: float, rng: np.random.Generator) -> t
 
 class TriModalDigits(BatchedDataset):
     def __init__(self, paired: PairedDigits, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                 texts: list[str], kinds: np.ndarray) -> None:
+                 texts: list[str], kinds: np.ndarray, pad_id: int = 0) -> None:
         self.paired, self.input_ids, self.attention_mask, self.texts, self.kinds = (
             paired, input_ids, attention_mask, texts, kinds)
+        self.pad_id = pad_id
 
     def __len__(self) -> int:
         return len(self.paired)
 
     def get_batch(self, index: torch.Tensor) -> dict:
         batch = self.paired.get_batch(index)
-        batch["text"] = trim_batch({"input_ids": self.input_ids[index], "attention_mask": self.attention_mask[index]})
-        batch["present"]["text"] = torch.ones(len(index), dtype=torch.bool)
+        present = self.paired.presence(index, "text")
+        ids, mask = self.input_ids[index], self.attention_mask[index]
+        if not present.all():  # absent text: all padding, empty attention mask
+            ids = ids.masked_fill(~present.unsqueeze(1), self.pad_id)
+            mask = mask * present.unsqueeze(1)
+        batch["text"] = trim_batch({"input_ids": ids, "attention_mask": mask})
+        batch["present"]["text"] = present
         return batch
 
 
@@ -97,12 +103,14 @@ class TriModalDigitsDataModule(AVMNISTDataModule):
                  image_energy: float = 0.25, audio_format: str = "spectrogram", audio_noise: float = 0.0,
                  seed: int = 0, batch_size: int = 64, num_workers: int = 0, download: bool = False,
                  cache_dir: str | None = None, train_limit: int | None = None, test_speaker: str = "yweweler",
-                 audio_length: int = 8000, skip_bad_files: bool = False, text_noise: float = 0.3,
-                 tokenizer: str = "byte", max_length: int = 16) -> None:
+                 audio_length: int = 8000, skip_bad_files: bool = False, missing_prob: float = 0.0,
+                 missing_splits: list[str] | None = None, text_noise: float = 0.3, tokenizer: str = "byte",
+                 max_length: int = 16) -> None:
         super().__init__(root=root, split=split, reduce_image=reduce_image, image_energy=image_energy,
                          audio_format=audio_format, audio_noise=audio_noise, seed=seed, batch_size=batch_size,
                          num_workers=num_workers, download=download, cache_dir=cache_dir, train_limit=train_limit,
-                         test_speaker=test_speaker, audio_length=audio_length, skip_bad_files=skip_bad_files)
+                         test_speaker=test_speaker, audio_length=audio_length, skip_bad_files=skip_bad_files,
+                         missing_prob=missing_prob, missing_splits=missing_splits)
         if not 0.0 <= text_noise <= 1.0:
             raise ValueError(f"text_noise must be in [0, 1], got {text_noise}")
         self.save_hyperparameters()
@@ -113,4 +121,5 @@ class TriModalDigitsDataModule(AVMNISTDataModule):
         rng = np.random.default_rng([self.hparams.seed, SPLITS.index(split), 7])
         texts, kinds = digit_texts(paired.label.numpy(), self.hparams.text_noise, rng)
         enc = self.tokenizer(texts, self.hparams.max_length)
-        return TriModalDigits(paired, enc["input_ids"], enc["attention_mask"], texts, kinds)
+        return TriModalDigits(paired, enc["input_ids"], enc["attention_mask"], texts, kinds,
+                              pad_id=self.tokenizer.pad_token_id or 0)

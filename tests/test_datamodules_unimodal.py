@@ -113,3 +113,20 @@ def test_trimodal_batches_and_text_noise(data_root: Path) -> None:
     again.setup()
     assert again.cache_hit and again.splits["test"].texts == dm.splits["test"].texts
     assert torch.equal(again.splits["train"].paired.recording, train.paired.recording)
+
+
+def test_missing_modalities_are_marked_and_blanked(data_root: Path) -> None:
+    dm = TriModalDigitsDataModule(root=str(data_root), missing_prob=0.3, missing_splits=["test"])
+    dm.setup()
+    train = dm.splits["train"].get_batch(torch.arange(256))
+    assert all(p.all() for p in train["present"].values())  # train untouched
+    b = dm.splits["test"].get_batch(torch.arange(2000))
+    present = torch.stack([b["present"][m] for m in ("image", "audio", "text")], dim=1)
+    assert present.any(dim=1).all()  # never all modalities missing
+    assert 0.2 < (~present).float().mean() < 0.35
+    assert (b["image"][~b["present"]["image"]] == 0).all() and (b["audio"][~b["present"]["audio"]] == 0).all()
+    assert (b["text"]["attention_mask"][~b["present"]["text"]] == 0).all()
+    assert (b["image"][b["present"]["image"]].abs().sum(dim=(1, 2, 3)) > 0).all()
+    again = TriModalDigitsDataModule(root=str(data_root), missing_prob=0.3, missing_splits=["test"])
+    again.setup()
+    assert torch.equal(again.splits["test"].get_batch(torch.arange(2000))["present"]["audio"], b["present"]["audio"])
