@@ -132,12 +132,18 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "per_seed": rows}
 
 
+TASKS = ["ppo_cartpole", "a2c_cartpole", "reinforce_cartpole", "ppo_pendulum"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--all", action="store_true", help="also A2C, REINFORCE (CartPole) and PPO Pendulum-v1")
+    parser.add_argument("--tasks", nargs="+", choices=TASKS, default=None,
+                        help=f"run only these (default: ppo_cartpole; --all: {' '.join(TASKS)})")
     parser.add_argument("--no-sb3-extra", action="store_true", help="with --all: skip SB3 runs beyond PPO CartPole")
     opts = parser.parse_args()
+    tasks = opts.tasks or (TASKS if opts.all else ["ppo_cartpole"])
     torch.set_num_threads(1)
     root = tempfile.mkdtemp(prefix="rl_vs_sb3-")
     result: dict[str, Any] = {"benchmark": "rl_vs_sb3", "seeds": opts.seeds, "torch_threads": 1}
@@ -146,13 +152,13 @@ def main() -> None:
     ppo_cp = dict(n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98, n_epochs=20, ent_coef=0.0,
                   learning_rate=linear(1e-3), clip_range=linear(0.2))
     fg, sb = [], []
-    for seed in opts.seeds:
+    for seed in opts.seeds if "ppo_cartpole" in tasks else []:
         fg.append(run_fusegen("ppo-cartpole.yaml", seed, 475, 2048, root))
         log(f"[ppo-cartpole] fusegen seed {seed}: {fg[-1]}")
         sb.append(run_sb3("PPO", "CartPole-v1", seed, 475, 100_000, 2048, ppo_cp, 8, 100_000))
         log(f"[ppo-cartpole] sb3     seed {seed}: {sb[-1]}")
     f, s = summarize(fg), summarize(sb)
-    result["ppo_cartpole"] = {
+    result["ppo_cartpole"] = None if not fg else {
         "target": 475, "fusegen": f, "sb3": s,
         "wall_ratio_fusegen_over_sb3": (f["wall_s_to_target"] / s["wall_s_to_target"]
                                         if f["wall_s_to_target"] and s["wall_s_to_target"] else None),
@@ -162,7 +168,7 @@ def main() -> None:
                                              for r in fg),
     }
 
-    if opts.all:
+    if "a2c_cartpole" in tasks:
         a2c = [run_fusegen("a2c-cartpole.yaml", seed, 475, 5000, root) for seed in opts.seeds]
         log(f"[a2c-cartpole] fusegen: {a2c}")
         result["a2c_cartpole"] = {"target": 475, "budget": 200_000, "fusegen": summarize(a2c),
@@ -172,9 +178,11 @@ def main() -> None:
                       for seed in opts.seeds]
             log(f"[a2c-cartpole] sb3: {sb_a2c}")
             result["a2c_cartpole"]["sb3"] = summarize(sb_a2c)
+    if "reinforce_cartpole" in tasks:
         rf = [run_fusegen("reinforce-cartpole.yaml", seed, 475, 10_000, root) for seed in opts.seeds]
         log(f"[reinforce-cartpole] fusegen: {rf}")
         result["reinforce_cartpole"] = {"target": 475, "budget": 500_000, "fusegen": summarize(rf)}
+    if "ppo_pendulum" in tasks:
         pend = [run_fusegen("ppo-pendulum.yaml", seed, -250, 8192, root) for seed in opts.seeds]
         log(f"[ppo-pendulum] fusegen: {pend}")
         result["ppo_pendulum"] = {"target": -250, "budget": 200_000, "fusegen": summarize(pend),
