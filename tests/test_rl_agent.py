@@ -91,6 +91,15 @@ def test_config_fast_dev_run(config: Path, in_tmp: Path) -> None:
     assert returns.shape == (3,) and (lengths > 0).all()
 
 
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
+def test_config_print_config(config: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    out = capsys.readouterr().out
+    assert "class_path: rl." in out and "total_timesteps:" in out and f"experiment: {config.stem}" in out
+
+
 def test_bad_env_id_names_it(in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", PPO_CP, *QUIET, "--model.init_args.env_id", "CartPol-v1"])
