@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 from jsonargparse import Namespace
-from pytorch_lightning import LightningDataModule, LightningModule
+from pytorch_lightning import LightningModule
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 CONFIG_DIR = Path(__file__).resolve().parent
@@ -47,7 +47,9 @@ class FusegenCLI(LightningCLI):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("seed_everything_default", 0)
         kwargs.setdefault("parser_class", FusegenArgumentParser)
-        super().__init__(LightningModule, LightningDataModule, *args,
+        # datamodule_class=None: `data` accepts any LightningDataModule by class_path but is
+        # optional, since an RL agent collects its own rollouts (its train_dataloader).
+        super().__init__(LightningModule, None, *args,
                          subclass_mode_model=True, subclass_mode_data=True, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
