@@ -18,17 +18,19 @@ from torchvision.utils import make_grid, save_image
 
 
 def picture_dir(trainer: pl.Trainer) -> Path:
-    """``<log_dir>/samples`` of the first logger, else ``<default_root_dir>/samples``."""
-    base = Path(trainer.log_dir) if trainer.log_dir else Path(trainer.default_root_dir)
-    folder = base / "samples"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    """``<log_dir>/samples`` of the first logger, else ``<default_root_dir>/samples``.
+
+    Call it on every rank: under DDP ``trainer.log_dir`` is a collective (broadcast) call, so
+    calling it from rank zero alone would hang the run."""
+    base = trainer.log_dir or trainer.default_root_dir
+    return Path(base) / "samples"
 
 
-def write_grid(trainer: pl.Trainer, images: torch.Tensor, name: str, tag: str, nrow: int) -> Path:
-    """Save ``images`` in [-1, 1] as one PNG grid and log it to TensorBoard."""
+def write_grid(trainer: pl.Trainer, folder: Path, images: torch.Tensor, name: str, tag: str, nrow: int) -> Path:
+    """Save ``images`` in [-1, 1] as one PNG grid under ``folder`` and log it to TensorBoard."""
     grid = make_grid(images.float().cpu(), nrow=nrow, normalize=True, value_range=(-1, 1), padding=2)
-    path = picture_dir(trainer) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
     save_image(grid, path)
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
@@ -53,6 +55,10 @@ class SampleGrid(pl.Callback):
     def __init__(self, every_n_epochs: int = 1, num_samples: int = 100, nrow: int = 10, seed: int = 1234) -> None:
         self.every_n_epochs, self.num_samples, self.nrow, self.seed = every_n_epochs, num_samples, nrow, seed
         self.last_path: Path | None = None
+        self.folder: Path | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.folder = picture_dir(trainer)  # on every rank (see picture_dir)
 
     def fixed_noise(self, nz: int) -> torch.Tensor:
         return torch.randn(self.num_samples, nz, generator=torch.Generator().manual_seed(self.seed))
@@ -65,7 +71,8 @@ class SampleGrid(pl.Callback):
         if pl_module.hparams.condition is not None and cond is None:
             return  # encoder-conditioned GAN before its first validation: nothing to condition on yet
         images = pl_module.sample(self.fixed_noise(pl_module.nz), cond)
-        self.last_path = write_grid(trainer, images, f"epoch_{trainer.current_epoch:03d}.png", "samples", self.nrow)
+        self.last_path = write_grid(trainer, self.folder, images, f"epoch_{trainer.current_epoch:03d}.png", "samples",
+                                    self.nrow)
 
 
 class InterpolationGrid(pl.Callback):
@@ -75,6 +82,10 @@ class InterpolationGrid(pl.Callback):
     def __init__(self, rows: int = 10, steps: int = 10, seed: int = 4321) -> None:
         self.rows, self.steps, self.seed = rows, steps, seed
         self.last_path: Path | None = None
+        self.folder: Path | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.folder = picture_dir(trainer)  # on every rank (see picture_dir)
 
     @rank_zero_only
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -89,4 +100,4 @@ class InterpolationGrid(pl.Callback):
         elif pl_module.hparams.condition is not None:
             return
         images = pl_module.sample(z, cond)
-        self.last_path = write_grid(trainer, images, "interpolation.png", "interpolation", self.steps)
+        self.last_path = write_grid(trainer, self.folder, images, "interpolation.png", "interpolation", self.steps)

@@ -93,7 +93,7 @@ def _auto_checkpoint(gan: "GAN", encoder: nn.Module, modality: str) -> Path | No
     return path
 
 
-def train_condition_encoder(encoder: nn.Module, datamodule, modality: str, path: Path, epochs: int = 12,
+def train_condition_encoder(encoder: nn.Module, datamodule, modality: str, path: Path, epochs: int = 8,
                             seed: int = 0) -> float:
     """Fit ``FusionClassifier({modality: encoder}, ConcatFusion)`` on ``datamodule``; save its checkpoint
     to ``path`` and return its test accuracy (held-out speaker for AV-MNIST)."""

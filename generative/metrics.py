@@ -97,6 +97,12 @@ def train_digit_classifier(epochs: int = 2, train_limit: int | None = None, batc
 
     Returns the model and ``{"test_acc", "epochs", "train_limit", "seconds"}``.
     """
+    with torch.inference_mode(False), torch.enable_grad():  # callable from inside a validation loop
+        return _train(epochs, train_limit, batch_size, lr, seed, root)
+
+
+def _train(epochs: int, train_limit: int | None, batch_size: int, lr: float, seed: int,
+           root: str | None) -> tuple[DigitClassifier, dict]:
     from datamodules import MNISTDataModule
 
     torch.manual_seed(seed)

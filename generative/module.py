@@ -242,6 +242,10 @@ class GAN(pl.LightningModule):
             strategy._ddp_kwargs.setdefault("find_unused_parameters", True)
         if self.condition_encoder is not None and self.hparams.encoder_checkpoint and stage == "fit":
             load_encoder(self, self.hparams.encoder_checkpoint)
+        # Built here, not in a validation hook: validation runs under inference mode, and the
+        # first use may have to train the classifier.
+        if self.hparams.metrics and self._eval is None:
+            self._eval = self._build_eval()
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -258,16 +262,21 @@ class GAN(pl.LightningModule):
         from generative.metrics import load_digit_classifier, frechet_distance
 
         classifier = load_digit_classifier(epochs=self.hparams.classifier_epochs,
-                                           train_limit=self.hparams.classifier_train_limit).to(self.device)
+                                           train_limit=self.hparams.classifier_train_limit)
         # Kept out of the module tree on purpose: the fixed extractor is not part of the GAN's
         # checkpoint, and a run with metrics off can resume one with metrics on.
-        return {"classifier": classifier, "fid": frechet_distance(classifier).to(self.device),
-                "agreement": torchmetrics.classification.MulticlassAccuracy(
-                    self.hparams.num_classes, average="micro").to(self.device)}
+        return {"classifier": classifier, "fid": frechet_distance(classifier),
+                "agreement": torchmetrics.classification.MulticlassAccuracy(self.hparams.num_classes, average="micro")}
 
     def on_validation_epoch_start(self) -> None:
-        if self.hparams.metrics and self._eval is None:
-            self._eval = self._build_eval()
+        if self._eval is not None:
+            for key in ("classifier", "fid", "agreement"):
+                self._eval[key] = self._eval[key].to(self.device)
+            # Fresh, normal (non-inference) metric states: `trainer.validate` runs under inference
+            # mode and `fit`'s validation under no_grad; states made in one must work in the other.
+            with torch.inference_mode(False):
+                self._eval["fid"].reset()
+                self._eval["agreement"].reset()
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         real = batch[self.hparams.image_key]
@@ -286,15 +295,23 @@ class GAN(pl.LightningModule):
         if cond is not None:
             self._eval["agreement"].update(self._eval["classifier"](fake).argmax(1), batch["label"])
 
-    def on_validation_epoch_end(self) -> None:
+    def on_validation_epoch_end(self, stage: str = "val") -> None:
         if self._eval is None:
             return
-        fid = self._eval["fid"].compute()
-        self._eval["fid"].reset()
-        self.log("val/fid", fid, prog_bar=True, sync_dist=False)
+        # torchmetrics already synced the states across ranks: every rank holds the same value.
+        self.log(f"{stage}/fid", self._eval["fid"].compute(), prog_bar=True, sync_dist=True)
         if self.hparams.condition is not None:
-            self.log("val/agreement", self._eval["agreement"].compute(), prog_bar=True)
-            self._eval["agreement"].reset()
+            self.log(f"{stage}/agreement", self._eval["agreement"].compute(), prog_bar=True, sync_dist=True)
+
+    # Test = validation on the test split (for AV-MNIST: the held-out speaker's recordings).
+    def on_test_epoch_start(self) -> None:
+        self.on_validation_epoch_start()
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self.validation_step(batch, batch_idx)
+
+    def on_test_epoch_end(self) -> None:
+        self.on_validation_epoch_end(stage="test")
 
     # ------------------------------------------------------------------ callbacks
     def configure_callbacks(self) -> list[pl.Callback]:
