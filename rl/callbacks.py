@@ -21,7 +21,8 @@ class LearningCurve(pl.Callback):
         self.filename = filename
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.is_global_zero or trainer.sanity_checking:
+        out = run_dir(trainer) / self.filename  # on every rank: trainer.log_dir broadcasts under DDP
+        if not trainer.is_global_zero:
             return
         import matplotlib
         matplotlib.use("Agg")
@@ -43,7 +44,6 @@ class LearningCurve(pl.Callback):
         ax.grid(alpha=0.3)
         ax.legend(loc="best", fontsize=8)
         fig.tight_layout()
-        out = run_dir(trainer) / self.filename
         out.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(out)
         for logger in trainer.loggers:

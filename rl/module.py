@@ -285,9 +285,11 @@ class PolicyGradient(pl.LightningModule):
         self.log_dict({"val/return": mean, "val/return_std": float(returns.std()),
                        "val/episode_length": float(lengths.mean()), "val/env_steps": float(self.env_steps)},
                       batch_size=1, sync_dist=True)
-        self.log("val_return", mean, prog_bar=True, logger=False, batch_size=1)
-        if self.hparams.target_return is not None and mean >= self.hparams.target_return:
-            self.trainer.should_stop = True
+        self.log("val_return", mean, prog_bar=True, logger=False, batch_size=1, sync_dist=True)
+        if self.hparams.target_return is not None:
+            # under DDP every rank must take the same decision (as EarlyStopping does)
+            reached = self.trainer.strategy.reduce_boolean_decision(mean >= self.hparams.target_return, all=False)
+            self.trainer.should_stop = self.trainer.should_stop or reached
 
     def on_train_epoch_end(self) -> None:
         if self.env_steps >= self.hparams.total_timesteps:
