@@ -118,3 +118,18 @@ def test_unsupported_action_space_names_it() -> None:
     with pytest.raises(ValueError, match=r"MultiDiscrete\(\[2 3\]\).*FusegenTest/MultiDiscrete-v0.*supported "
                                          r"action spaces: Discrete, or a 1-D Box"):
         PPO(env_id="FusegenTest/MultiDiscrete-v0")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config, target, budget", [
+    ("ppo-cartpole", 475, 50_000),     # issue targets (rl/README.md has the measured figures)
+    ("a2c-cartpole", 475, 200_000),
+    ("ppo-pendulum", -250, 200_000),
+    ("reinforce-cartpole", 475, 500_000),
+])
+def test_reaches_target(config: str, target: float, budget: int, in_tmp: Path) -> None:
+    cli = fit(str(REPO / "experiments" / "rl" / f"{config}.yaml"), "--model.init_args.target_return", str(target),
+              "--trainer.max_epochs", "1000")
+    evals = cli.model.history["eval"]
+    reached = [steps for steps, ret, _ in evals if ret >= target]
+    assert reached and reached[0] <= budget, f"{config}: eval returns {[(s, round(r)) for s, r, _ in evals]}"
