@@ -12,7 +12,6 @@ from __future__ import annotations
 import warnings
 from typing import Callable, Iterator
 
-import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
@@ -37,14 +36,3 @@ class RolloutDataset(IterableDataset):
         n = self.rollouts_per_epoch if self.remaining is None else min(self.rollouts_per_epoch, self.remaining())
         for _ in range(n):
             yield self.collect()
-
-
-class AgentRollouts(pl.LightningDataModule):
-    """A ``data:`` entry for CLIs that require one: the agent collects its own rollouts, so this
-    only hands the Trainer the agent's ``train_dataloader`` / ``val_dataloader``."""
-
-    def train_dataloader(self) -> DataLoader:
-        return self.trainer.lightning_module.train_dataloader()
-
-    def val_dataloader(self) -> DataLoader:
-        return self.trainer.lightning_module.val_dataloader()
