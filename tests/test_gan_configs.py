@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "experiments" / "gan").glob("*.yaml"))
@@ -37,8 +38,8 @@ def test_fast_dev_run(name: str, data_root, in_tmp: Path) -> None:
 
     cli = FusegenCLI(args=["fit", "--config", str(REPO / "experiments" / "gan" / f"{name}.yaml"),
                            "--trainer.fast_dev_run", "2", "--trainer.enable_progress_bar", "false", *SMALL])
-    assert cli.trainer.global_step == 2  # one D and one G step
-    assert "val/fid" in cli.trainer.callback_metrics
+    assert cli.trainer.global_step == 2  # fast_dev_run 2 = two optimizer steps
+    assert torch.isfinite(cli.trainer.callback_metrics["train/loss_d"])
 
 
 @pytest.mark.slow

@@ -1,7 +1,8 @@
 """The generative results of generative/README.md, one part per invocation (run them side by side):
 
-    .venv/bin/python experiments/benchmarks/gan_results.py dcgan   --iters 1000   # fusegen vs reference FID
+    .venv/bin/python experiments/benchmarks/gan_results.py dcgan   --iters 1000 --seed S  # fusegen vs reference FID
     .venv/bin/python experiments/benchmarks/gan_results.py cdcgan  --iters 2000   # conditional agreement
+    .venv/bin/python experiments/benchmarks/gan_results.py cdcgan  --iters 3000 --resume  # ... continued
     .venv/bin/python experiments/benchmarks/gan_results.py speech  --iters 1200   # speech-to-digit agreement
 
 Each trains through the fusegen CLI configs of experiments/gan/ (with the overrides printed in
@@ -63,7 +64,7 @@ def part_dcgan(args: argparse.Namespace) -> dict:
     scores = {}
     # fusegen: the dcgan-mnist config through the CLI (validation every 500 batches for the curve).
     start = time.time()
-    run = cli("dcgan-mnist", "results-dcgan", args.iters, args.width,
+    run = cli("dcgan-mnist", f"results-dcgan-s{args.seed}", args.iters, args.width,
               ["--trainer.val_check_interval", "500", "--trainer.check_val_every_n_epoch", "null"])
     pl.seed_everything(args.seed)
     run.trainer.fit(run.model, datamodule=run.datamodule)
@@ -78,7 +79,7 @@ def part_dcgan(args: argparse.Namespace) -> dict:
     # Same fusegen run without EMA, to separate the harness from the EMA's contribution.
     run.model.generator.eval()
     scores["fusegen_no_ema"] = classifier_scores(lambda z, c: run.model.generator(z), dm.val_dataloader(), classifier)
-    return {"part": "dcgan", "iters": args.iters, "width": args.width, "fid_fusegen": scores["fusegen"]["fid"],
+    return {"part": "dcgan", "seed": args.seed, "iters": args.iters, "width": args.width, "fid_fusegen": scores["fusegen"]["fid"],
             "fid_fusegen_no_ema": scores["fusegen_no_ema"]["fid"], "fid_reference": scores["reference"]["fid"],
             "target": "fusegen <= reference", "seconds_fusegen": round(fusegen_s), "seconds_reference": round(ref_s),
             "picture": copy_grid(run, "dcgan-mnist"), "real_images": 5000}
@@ -88,7 +89,8 @@ def part_cdcgan(args: argparse.Namespace) -> dict:
     run = cli("cdcgan-mnist", "results-cdcgan", args.iters, args.width,
               ["--trainer.val_check_interval", "500", "--trainer.check_val_every_n_epoch", "null"])
     pl.seed_everything(args.seed)
-    run.trainer.fit(run.model, datamodule=run.datamodule)
+    ckpt = str(RUNS / "results-cdcgan" / "checkpoints" / "last.ckpt") if args.resume else None
+    run.trainer.fit(run.model, datamodule=run.datamodule, ckpt_path=ckpt)
     val = run.trainer.validate(run.model, datamodule=run.datamodule, verbose=False)[0]
     test = run.trainer.test(run.model, datamodule=run.datamodule, verbose=False)[0]
     return {"part": "cdcgan", "iters": args.iters, "width": args.width, "val_agreement": val["val/agreement"],
@@ -116,6 +118,7 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=1000)
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume", action="store_true", help="cdcgan: continue its last checkpoint to --iters")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
     args = parser.parse_args()
     if args.threads:
@@ -124,7 +127,7 @@ def main() -> None:
     result = {"dcgan": part_dcgan, "cdcgan": part_cdcgan, "speech": part_speech}[args.part](args)
     result["wall_s"] = round(time.time() - start)
     RUNS.mkdir(parents=True, exist_ok=True)
-    (RUNS / f"{args.part}.json").write_text(json.dumps(result, indent=2))
+    (RUNS / f"{args.part}-s{args.seed}-{args.iters}.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result))
 
 
