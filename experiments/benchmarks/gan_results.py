@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import sys
 import time
@@ -100,7 +101,7 @@ def part_cdcgan(args: argparse.Namespace) -> dict:
 
 def part_speech(args: argparse.Namespace) -> dict:
     run = cli("speech-to-digit", "results-speech", args.iters, args.width,
-              ["--trainer.val_check_interval", "1.0"])
+              ["--trainer.val_check_interval", "1.0", *shlex.split(args.override)])
     pl.seed_everything(args.seed)
     run.trainer.fit(run.model, datamodule=run.datamodule)
     test = run.trainer.test(run.model, datamodule=run.datamodule, verbose=False)[0]
@@ -118,6 +119,7 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=1000)
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--override", default="", help="extra fusegen CLI arguments, one string: --override='--a 1 --b 2'")
     parser.add_argument("--resume", action="store_true", help="cdcgan: continue its last checkpoint to --iters")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
     args = parser.parse_args()
