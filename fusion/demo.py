@@ -1,8 +1,9 @@
 """The fusion part of ``make demo``: a short real AV-MNIST run through the shipped CLI config.
 
-``experiments/avmnist-concat.yaml`` (fusegen image CNN + spectrogram CNN, concatenation fusion)
-trained for a couple of epochs on the first few thousand real AV-MNIST pairs, then tested on all
-10,000 test pairs -- with both modalities and with the audio removed through the presence mask.
+``experiments/fusion/avmnist-concat.yaml`` (fusegen image CNN + spectrogram CNN, concatenation
+fusion) with modality dropout 0.3, trained for 2 epochs on the first 4,000 real AV-MNIST pairs,
+then tested on all 10,000 test pairs, and on the first 2,048 with the audio removed through the
+presence mask.
 The confusion matrix goes to ``out_dir``. A few minutes on 2 CPU cores (the first run also builds
 the AV-MNIST cache from MNIST + FSDD, ~15 s).
 """
@@ -31,22 +32,26 @@ def run(out_dir: Path, train_limit: int = 4000, epochs: int = 2) -> list[dict]:
         "--trainer.enable_progress_bar", "false",
         "--trainer.enable_model_summary", "false",
         "--data.init_args.train_limit", str(train_limit),
+        "--model.init_args.modality_dropout", "0.3",  # steadier and robust to a missing input (README)
     ], run=False)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     both = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)[0]
     picture = out_dir / "fusion_avmnist_confusion_matrix.png"
     shutil.copyfile(cli.model.confusion_png, picture)
     cli.model.drop_at_test = ["audio"]
+    cli.trainer.limit_test_batches = 2048 // cli.datamodule.hparams.batch_size  # a shorter second pass
     no_audio = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)[0]
     cli.model.drop_at_test = []
-    experiment_name = f"{CONFIG.relative_to(REPO)} ({epochs} epochs, {train_limit} train pairs)"
+    experiment_name = (f"{CONFIG.relative_to(REPO)} --model.init_args.modality_dropout 0.3 "
+                       f"({epochs} epochs, {train_limit} train pairs)")
     return [
         {"capability": "fusion: image+audio concat (AV-MNIST)", "experiment": experiment_name,
          "metric": "test accuracy (10,000 pairs)", "value": round(float(both["test/acc"]), 4),
-         "target": "> best unimodal (see fusion/README.md)", "picture": str(picture)},
+         "target": "> 0.845 (audio-only, README budget)", "picture": str(picture)},
         {"capability": "fusion: robustness, audio removed at test", "experiment": experiment_name,
-         "metric": "test accuracy, audio masked absent", "value": round(float(no_audio["test/acc"]), 4),
-         "target": "finite, above chance (0.10)", "picture": ""},
+         "metric": "test accuracy, audio masked absent (2,048 pairs)",
+         "value": round(float(no_audio["test/acc"]), 4),
+         "target": "> 0.10 chance (image-only model: 0.61)", "picture": ""},
     ]
 
 
