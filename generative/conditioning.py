@@ -28,7 +28,9 @@ log = logging.getLogger(__name__)
 
 
 class FrozenEncoder(nn.Module):
-    """Wraps an encoder ``[B, ...] -> [B, T, D]``: no gradients, always in eval mode, mean over T."""
+    """Wraps an encoder ``[B, ...] -> [B, T, D]``: no gradients, always in eval mode, mean over T,
+    then unit L2 norm, so any encoder's embedding has a one-hot label's scale (raw audio
+    embeddings of norm ~20 let the projection discriminator's logits explode at step 0)."""
 
     def __init__(self, encoder: nn.Module) -> None:
         super().__init__()
@@ -41,7 +43,8 @@ class FrozenEncoder(nn.Module):
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = self.encoder(x)
-        return tokens.mean(dim=1) if tokens.dim() == 3 else tokens
+        pooled = tokens.mean(dim=1) if tokens.dim() == 3 else tokens
+        return torch.nn.functional.normalize(pooled, dim=-1)
 
 
 def encoder_state_from_checkpoint(path: str | Path, modality: str) -> dict[str, torch.Tensor]:
