@@ -64,6 +64,9 @@ class GAN(pl.LightningModule):
             agreement with the requested digit) at validation time.
         classifier_epochs / classifier_train_limit: recipe of the cached digit classifier.
         grid_every_n_epochs: sample-grid PNG cadence (0: no grids).
+        image_key: the batch key of the images to generate.
+        data_range: value range of the dataset's images (AV-MNIST: ``[0, 1]``); they are mapped
+            to the generator's tanh range [-1, 1], which the metrics' classifier also expects.
     """
 
     def __init__(
@@ -86,6 +89,7 @@ class GAN(pl.LightningModule):
         classifier_train_limit: int | None = None,
         grid_every_n_epochs: int = 1,
         image_key: str = "image",
+        data_range: tuple[float, float] = (-1.0, 1.0),
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["generator", "discriminator", "condition_encoder"])
@@ -129,6 +133,12 @@ class GAN(pl.LightningModule):
     @property
     def nz(self) -> int:
         return self.generator.nz
+
+    def real_images(self, batch: dict) -> torch.Tensor:
+        """The batch's images mapped from ``data_range`` to [-1, 1]."""
+        lo, hi = self.hparams.data_range
+        images = batch[self.hparams.image_key]
+        return images if (lo, hi) == (-1.0, 1.0) else (images - lo) * (2.0 / (hi - lo)) - 1.0
 
     def condition_of(self, batch: dict) -> torch.Tensor | None:
         """The condition vector ``[B, cond_dim]`` of a batch (``None`` if unconditional)."""
@@ -190,7 +200,7 @@ class GAN(pl.LightningModule):
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
         opt_g, opt_d = self.optimizers()
-        real = batch[self.hparams.image_key]
+        real = self.real_images(batch)
         cond = self.condition_of(batch)
         z = torch.randn(real.shape[0], self.nz, device=real.device, dtype=real.dtype)
         g_step = (self.iteration + 1) % self.hparams.n_critic == 0
@@ -279,7 +289,7 @@ class GAN(pl.LightningModule):
                 self._eval["agreement"].reset()
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        real = batch[self.hparams.image_key]
+        real = self.real_images(batch)
         cond = self.condition_of(batch)
         if batch_idx == 0 and cond is not None and self.hparams.condition != "label":
             # Sample grids of an encoder-conditioned GAN use real validation inputs, sorted by label.

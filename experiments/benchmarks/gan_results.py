@@ -103,7 +103,8 @@ def part_speech(args: argparse.Namespace) -> dict:
     run = cli("speech-to-digit", "results-speech", args.iters, args.width,
               ["--trainer.val_check_interval", "1.0", *shlex.split(args.override)])
     pl.seed_everything(args.seed)
-    run.trainer.fit(run.model, datamodule=run.datamodule)
+    ckpt = str(RUNS / "results-speech" / "checkpoints" / "last.ckpt") if args.resume else None
+    run.trainer.fit(run.model, datamodule=run.datamodule, ckpt_path=ckpt)
     test = run.trainer.test(run.model, datamodule=run.datamodule, verbose=False)[0]
     from datamodules.paths import cache_dir
 
@@ -120,7 +121,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--override", default="", help="extra fusegen CLI arguments, one string: --override='--a 1 --b 2'")
-    parser.add_argument("--resume", action="store_true", help="cdcgan: continue its last checkpoint to --iters")
+    parser.add_argument("--resume", action="store_true", help="cdcgan/speech: continue the part's last checkpoint to --iters")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
     args = parser.parse_args()
     if args.threads:
