@@ -18,7 +18,7 @@ demo: $(STAMP)   ## a real experiment per capability, a results table and pictur
 	$(PY) -m experiments.demo
 
 test: $(STAMP)   ## the default test suite (slow tests excluded)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
