@@ -1,7 +1,7 @@
 """The generative part of ``make demo``: a short real class-conditional DCGAN run on MNIST.
 
-Runs ``experiments/gan/cdcgan-mnist.yaml`` through the fusegen CLI (narrower nets, a higher
-learning rate and a few hundred batches so it fits in ~3 minutes on 2 CPU cores), then reports the validation
+Runs ``experiments/gan/cdcgan-mnist.yaml`` through the fusegen CLI (narrower nets and
+~2,000 batches so it fits in ~3 minutes on 2 CPU cores), then reports the validation
 Fréchet classifier distance, the classifier's agreement with the requested digits, and the
 path of the last sample grid (10 columns = digits 0-9), copied under ``out_dir``.
 """
@@ -28,11 +28,12 @@ def _last_metrics(csv_dir: Path) -> dict[str, float]:
     return out
 
 
-def run(out_dir: Path, batches: int = 300, width: int = 32, lr: float = 1e-3) -> list[dict]:
-    """Train for ``batches`` iterations (one epoch over ``64 * batches`` images) and report.
+def run(out_dir: Path, batches: int = 1920, epochs: int = 3, width: int = 32) -> list[dict]:
+    """Train for ``batches`` iterations (``epochs`` passes over the first ``64 * batches / epochs``
+    images) with the config's own optimiser settings (Adam 2e-4, EMA 0.99) and report.
 
-    The short budget uses Adam lr 1e-3 (the config's DCGAN 2e-4 needs ~1,500 batches to draw
-    digits) and a faster EMA."""
+    ~2,000 batches is what the config needs to draw the requested digits (README: 94.6%
+    agreement at 2,000); a few hundred at a higher learning rate let D win and G collapse."""
     from experiments.cli import FusegenCLI
 
     out_dir = Path(out_dir)
@@ -41,15 +42,12 @@ def run(out_dir: Path, batches: int = 300, width: int = 32, lr: float = 1e-3) ->
         "fit", "--config", str(CONFIG),
         "--experiment", "demo-cdcgan",
         "--trainer.default_root_dir", str(root),
-        "--trainer.max_epochs", "1",
+        "--trainer.max_epochs", str(epochs),
         "--trainer.enable_progress_bar", "false",
         "--trainer.enable_model_summary", "false",
-        "--data.init_args.train_limit", str(64 * batches),
+        "--data.init_args.train_limit", str(64 * batches // epochs),
         "--model.init_args.generator.init_args.ngf", str(width),
         "--model.init_args.discriminator.init_args.ndf", str(width),
-        "--model.init_args.ema_decay", "0.95",
-        "--model.init_args.optimizer_g.init_args.lr", str(lr),
-        "--model.init_args.optimizer_d.init_args.lr", str(lr),
     ]
     FusegenCLI(args=args)
     run_dir = root / "demo-cdcgan"
@@ -59,7 +57,7 @@ def run(out_dir: Path, batches: int = 300, width: int = 32, lr: float = 1e-3) ->
     if grids:
         picture = str(out_dir / "gan_cdcgan_samples.png")
         shutil.copy(grids[-1], picture)
-    experiment = f"cdcgan-mnist ({batches} batches, ngf=ndf={width}, lr {lr:g})"
+    experiment = f"cdcgan-mnist ({batches} batches, ngf=ndf={width})"
     return [
         {"capability": "conditional GAN (MNIST)", "experiment": experiment, "metric": "classifier agreement",
          "value": round(metrics.get("val/agreement", float("nan")), 4),
