@@ -96,3 +96,18 @@ def test_text_encoder_unknown_path_or_type_is_a_clear_error(tmp_path):
         TextEncoder(str(tmp_path / "no-such-model"))
     with pytest.raises(ValueError, match=r"bertt.*CONFIG_MAPPING"):
         TextEncoder(config={"model_type": "bertt"})
+
+
+def test_spec_augment_masks_only_in_training():
+    enc = AudioEncoder(width=4, blocks=2, out_dim=8, freq_mask=20, time_mask=20, num_masks=2)
+    spec = torch.rand(8, 1, 112, 112) + 0.5  # no exact zeros of its own
+    enc.train()
+    masked = enc.spec_augment(spec)
+    zero_rows = (masked == 0).all(dim=-1).sum(dim=-1).flatten()  # masked frequency bins per example
+    zero_cols = (masked == 0).all(dim=-2).sum(dim=-1).flatten()  # masked time frames per example
+    assert (zero_rows + zero_cols).sum() > 0              # something was masked
+    assert len({tuple(m.flatten().tolist()) for m in (masked == 0)}) > 1  # iid: masks differ per example
+    assert (zero_rows <= 2 * 20).all() and (zero_cols <= 2 * 20).all()
+    enc.eval()
+    assert torch.equal(enc(spec), enc(spec))  # deterministic at eval: no masking
+    assert len(AudioEncoder(width=4, blocks=2).spec_augment) == 0  # off by default

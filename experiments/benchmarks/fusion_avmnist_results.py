@@ -71,6 +71,7 @@ def run_one(key: str, seed: int, args: argparse.Namespace) -> dict:
         "--trainer.enable_progress_bar", "false",
         "--trainer.enable_model_summary", "false",
         "--data.init_args.train_limit", str(args.sst2_train_limit if sst2 else args.train_limit),
+        *([] if sst2 else ["--data.init_args.audio_noise", str(args.audio_noise)]),
         *overrides,
     ]
     cli = FusegenCLI(args=cli_args, run=False)
@@ -178,6 +179,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--train-limit", type=int, default=8000)
     p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--audio-noise", type=float, default=0.0,
+                   help="AV-MNIST audio noise (RMS relative to the clip's); 0 = clean audio")
     p.add_argument("--sst2-epochs", type=int, default=1, help="(the SST-2 runs set their own epochs)")
     p.add_argument("--sst2-train-limit", type=int, default=4000)
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (child processes)")
@@ -187,7 +190,8 @@ def main() -> None:
     p.add_argument("--single-seed", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
     budget_flags = ["--out", args.out, "--epochs", str(args.epochs), "--train-limit", str(args.train_limit),
-                    "--val-fraction", str(args.val_fraction), "--sst2-epochs", str(args.sst2_epochs),
+                    "--val-fraction", str(args.val_fraction),
+                    "--audio-noise", str(args.audio_noise), "--sst2-epochs", str(args.sst2_epochs),
                     "--sst2-train-limit", str(args.sst2_train_limit), "--threads", str(args.threads)]
     args.passthrough = budget_flags
 
