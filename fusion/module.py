@@ -65,6 +65,11 @@ class FusionClassifier(pl.LightningModule):
             stays), so the model learns to cope when one is missing at test time.
         drop_at_test: modalities marked absent in test/predict (robustness evaluation).
         optimizer / lr_scheduler: injected from the config (``class_path: torch.optim.AdamW`` ...).
+        cosine_schedule: instead of ``lr_scheduler``: warm up linearly over ``warmup_fraction`` of the
+            run, then cosine-decay to 0 at its last step (transformers'
+            ``get_cosine_schedule_with_warmup``, stepped per batch). The length comes from the
+            Trainer (``estimated_stepping_batches``), so it follows ``max_epochs``/``max_steps``
+            overrides without editing the config.
     """
 
     def __init__(
@@ -78,8 +83,14 @@ class FusionClassifier(pl.LightningModule):
         drop_at_test: list[str] | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
+        cosine_schedule: bool = False,
+        warmup_fraction: float = 0.0,
     ) -> None:
         super().__init__()
+        if cosine_schedule and lr_scheduler is not None:
+            raise ValueError("model.init_args: set either lr_scheduler or cosine_schedule: true, not both")
+        if not 0.0 <= warmup_fraction < 1.0:
+            raise ValueError(f"model.init_args.warmup_fraction must be in [0, 1), got {warmup_fraction}")
         # Through the CLI the hyperparameters are the config (class paths + init args), so
         # `load_from_checkpoint` can rebuild encoders and head; built modules are not stored.
         self.save_hyperparameters(ignore=[] if _given_hyperparameters.get() is not None else ["encoders", "encoder", "fusion"])
@@ -94,6 +105,7 @@ class FusionClassifier(pl.LightningModule):
         self.modality_dropout = modality_dropout
         self.drop_at_test = list(drop_at_test or [])
         self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
+        self.cosine_schedule, self.warmup_fraction = cosine_schedule, warmup_fraction
         metrics = torchmetrics.MetricCollection({
             "acc": torchmetrics.classification.MulticlassAccuracy(num_classes, average="micro"),
             "f1": torchmetrics.classification.MulticlassF1Score(num_classes, average="macro"),
@@ -208,6 +220,12 @@ class FusionClassifier(pl.LightningModule):
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
         optimizer = self.optimizer([p for p in self.parameters() if p.requires_grad])
+        if self.cosine_schedule:
+            from transformers import get_cosine_schedule_with_warmup
+
+            total = int(self.trainer.estimated_stepping_batches)
+            schedule = get_cosine_schedule_with_warmup(optimizer, int(self.warmup_fraction * total), total)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
         if self.lr_scheduler is None:
             return optimizer
         return {"optimizer": optimizer,
@@ -230,7 +248,10 @@ class UnimodalClassifier(FusionClassifier):
         dropout: float = 0.1,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
+        cosine_schedule: bool = False,
+        warmup_fraction: float = 0.0,
     ) -> None:
         super().__init__({modality: encoder}, ConcatFusion, num_classes, hidden_dims=hidden_dims, dropout=dropout,
-                         optimizer=optimizer, lr_scheduler=lr_scheduler)
+                         optimizer=optimizer, lr_scheduler=lr_scheduler, cosine_schedule=cosine_schedule,
+                         warmup_fraction=warmup_fraction)
         self.modality = modality

@@ -152,3 +152,26 @@ def test_optimizer_and_scheduler_come_from_the_config(tmp_path, monkeypatch):
     assert isinstance(conf["optimizer"], torch.optim.SGD)
     assert conf["optimizer"].defaults["lr"] == 0.1 and conf["optimizer"].defaults["weight_decay"] == 1e-4
     assert isinstance(conf["lr_scheduler"]["scheduler"], torch.optim.lr_scheduler.StepLR)
+
+
+def test_cosine_schedule_follows_the_trainers_length(tmp_path):
+    """Warm-up then cosine decay to 0, sized from whatever max_epochs the Trainer was given."""
+    lrs: list[float] = []
+
+    class RecordLR(pl.Callback):
+        def on_train_batch_start(self, trainer, *args):
+            lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    dm = SyntheticMultimodalDataModule(num_train=80, num_val=16, num_test=16, batch_size=16)  # 5 batches/epoch
+    model = small_model(optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2), cosine_schedule=True, warmup_fraction=0.2)
+    trainer = pl.Trainer(max_epochs=4, default_root_dir=tmp_path, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[RecordLR()])
+    trainer.fit(model, datamodule=dm)
+    assert len(lrs) == 20
+    peak = lrs.index(max(lrs))
+    assert peak == 4 and max(lrs) == pytest.approx(1e-2)          # 20% of 20 steps of warm-up
+    assert all(a < b for a, b in zip(lrs[:peak], lrs[1:peak + 1]))  # rising, then
+    assert all(a > b for a, b in zip(lrs[peak:], lrs[peak + 1:]))  # falling to ~0 at the end
+    assert lrs[-1] < 0.02 * max(lrs)
+    with pytest.raises(ValueError, match="either lr_scheduler or cosine_schedule"):
+        small_model(cosine_schedule=True, lr_scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, 1))

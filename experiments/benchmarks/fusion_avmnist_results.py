@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -73,6 +74,7 @@ def run_one(key: str, seed: int, args: argparse.Namespace) -> dict:
         "--data.init_args.train_limit", str(args.sst2_train_limit if sst2 else args.train_limit),
         *([] if sst2 else ["--data.init_args.audio_noise", str(args.audio_noise)]),
         *overrides,
+        *([] if sst2 else shlex.split(args.override)),
     ]
     cli = FusegenCLI(args=cli_args, run=False)
     start = time.perf_counter()
@@ -181,6 +183,7 @@ def main() -> None:
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--audio-noise", type=float, default=0.0,
                    help="AV-MNIST audio noise (RMS relative to the clip's); 0 = clean audio")
+    p.add_argument("--override", default="", help="extra CLI arguments for every AV-MNIST run (one string)")
     p.add_argument("--sst2-epochs", type=int, default=1, help="(the SST-2 runs set their own epochs)")
     p.add_argument("--sst2-train-limit", type=int, default=4000)
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (child processes)")
@@ -191,7 +194,7 @@ def main() -> None:
     args = p.parse_args()
     budget_flags = ["--out", args.out, "--epochs", str(args.epochs), "--train-limit", str(args.train_limit),
                     "--val-fraction", str(args.val_fraction),
-                    "--audio-noise", str(args.audio_noise), "--sst2-epochs", str(args.sst2_epochs),
+                    "--audio-noise", str(args.audio_noise), f"--override={args.override}", "--sst2-epochs", str(args.sst2_epochs),
                     "--sst2-train-limit", str(args.sst2_train_limit), "--threads", str(args.threads)]
     args.passthrough = budget_flags
 
