@@ -6,10 +6,11 @@ have are simply absent from the dict; a modality missing for *some* samples is m
 ``present`` (and blanked), never silently zero-filled.
 """
 
+from datamodules.base import collate
 from datamodules.paths import cache_dir, default_data_root, resolve_data_root
 from datamodules.synthetic import SyntheticMultimodalDataModule
 
-__all__ = ["SyntheticMultimodalDataModule", "cache_dir", "default_data_root", "resolve_data_root"]
+__all__ = ["SyntheticMultimodalDataModule", "cache_dir", "collate", "default_data_root", "resolve_data_root"]
 
 from datamodules.avmnist import AVMNISTDataModule  # noqa: E402
 from datamodules.fsdd import FSDDDataModule  # noqa: E402

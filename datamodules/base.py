@@ -21,10 +21,24 @@ def _tree_map(fn: Callable[[torch.Tensor], Any], tree: Any) -> Any:
     return fn(tree)
 
 
+class Batch(dict):
+    """A batch already gathered by ``BatchedDataset.__getitems__`` (a plain dict otherwise).
+
+    A ``DataLoader`` built without fusegen's ``collate`` would hand it to ``default_collate``,
+    which indexes it like a list of samples; say what to do instead of a bare ``KeyError: 0``."""
+
+    def __missing__(self, key: Any) -> Any:
+        if isinstance(key, int):
+            raise KeyError(f"this is a whole batch gathered by fusegen's BatchedDataset, not a list of samples: "
+                           f"build the loader with `DataLoader(dataset, batch_size=..., collate_fn=datamodules.collate)` "
+                           f"or use the datamodule's train_dataloader()/val_dataloader()/test_dataloader()")
+        raise KeyError(key)
+
+
 def collate(items: Any) -> Any:
     """Collate that passes through batches already built by ``__getitems__``."""
     if isinstance(items, dict):
-        return items
+        return dict(items)  # a plain dict downstream
     return default_collate(items)
 
 
@@ -38,7 +52,7 @@ class BatchedDataset(Dataset):
         raise NotImplementedError
 
     def __getitems__(self, indices: list[int]) -> dict:
-        return self.get_batch(torch.as_tensor(indices, dtype=torch.long))
+        return Batch(self.get_batch(torch.as_tensor(indices, dtype=torch.long)))
 
     def __getitem__(self, i: int) -> dict:
         if not -len(self) <= i < len(self):

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import math
 
-import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+
+from datamodules.base import BatchedDataset, RealDataModule
 
 MODALITIES = ("image", "audio", "text")
 PAD_ID, CLS_ID, FIRST_CLASS_TOKEN = 0, 1, 2
 
 
-class MultimodalTensorDataset(Dataset):
-    """Dict-of-tensors dataset yielding fusegen's batch contract for one sample."""
+class MultimodalTensorDataset(BatchedDataset):
+    """Dict-of-tensors dataset yielding fusegen's batch contract, a whole batch per index."""
 
     def __init__(self, data: dict[str, torch.Tensor]) -> None:
         self.data = data
@@ -28,13 +28,14 @@ class MultimodalTensorDataset(Dataset):
     def __len__(self) -> int:
         return len(self.data["label"])
 
-    def __getitem__(self, i: int) -> dict:
+    def get_batch(self, index: torch.Tensor) -> dict:
+        d = self.data
         return {
-            "image": self.data["image"][i],
-            "audio": self.data["audio"][i],
-            "text": {"input_ids": self.data["input_ids"][i], "attention_mask": self.data["attention_mask"][i]},
-            "label": self.data["label"][i],
-            "present": {m: self.data[f"present_{m}"][i] for m in MODALITIES},
+            "image": d["image"][index],
+            "audio": d["audio"][index],
+            "text": {"input_ids": d["input_ids"][index], "attention_mask": d["attention_mask"][index]},
+            "label": d["label"][index],
+            "present": {m: d[f"present_{m}"][index] for m in MODALITIES},
         }
 
 
@@ -97,7 +98,7 @@ def make_synthetic(
     return data
 
 
-class SyntheticMultimodalDataModule(pl.LightningDataModule):
+class SyntheticMultimodalDataModule(RealDataModule):
     """Deterministic image + audio + text digits-like data, no files needed.
 
     Args:
@@ -128,9 +129,8 @@ class SyntheticMultimodalDataModule(pl.LightningDataModule):
         text_keep_prob: float = 0.45,
         num_workers: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__()  # loaders (train/val/test/predict) come from RealDataModule
         self.save_hyperparameters()
-        self.splits: dict[str, MultimodalTensorDataset] = {}
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
@@ -142,24 +142,3 @@ class SyntheticMultimodalDataModule(pl.LightningDataModule):
             [("train", hp.num_train), ("val", hp.num_val), ("test", hp.num_test)]
         ):
             self.splits[split] = MultimodalTensorDataset(make_synthetic(n, seed=hp.seed + offset, **kw))
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self.splits[split],
-            batch_size=self.hparams.batch_size,
-            shuffle=shuffle,
-            num_workers=self.hparams.num_workers,
-            persistent_workers=self.hparams.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)

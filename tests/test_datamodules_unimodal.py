@@ -130,3 +130,17 @@ def test_missing_modalities_are_marked_and_blanked(data_root: Path) -> None:
     again = TriModalDigitsDataModule(root=str(data_root), missing_prob=0.3, missing_splits=["test"])
     again.setup()
     assert torch.equal(again.splits["test"].get_batch(torch.arange(2000))["present"]["audio"], b["present"]["audio"])
+
+
+def test_plain_dataloader_over_a_split(data_root: Path) -> None:
+    """A user's own DataLoader works with fusegen's collate, and without it says what to do."""
+    from datamodules import collate
+
+    dm = MNISTDataModule(root=str(data_root))
+    dm.setup()
+    split = dm.splits["test"]
+    batch = next(iter(torch.utils.data.DataLoader(split, batch_size=8, collate_fn=collate)))
+    assert type(batch) is dict and batch["image"].shape == (8, 1, 28, 28)
+    assert torch.equal(batch["image"][3], split[3]["image"]) and batch["label"][3] == split[3]["label"]
+    with pytest.raises(KeyError, match=r"collate_fn=datamodules.collate"):
+        next(iter(torch.utils.data.DataLoader(split, batch_size=8)))

@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 import torch
 from safetensors.torch import load_file, save_file
 
-from datamodules import SyntheticMultimodalDataModule
+from datamodules import SyntheticMultimodalDataModule, collate
 from experiments.cli import FusegenCLI
 from fusion import (
     AttentionFusion,
@@ -84,7 +84,7 @@ def test_encoder_lifted_out_of_checkpoint_serves_another_task(trained, tmp_path)
     dm.setup()
 
     def features_and_labels(split: str):
-        batch = next(iter(torch.utils.data.DataLoader(dm.splits[split], batch_size=len(dm.splits[split]))))
+        batch = next(iter(torch.utils.data.DataLoader(dm.splits[split], batch_size=len(dm.splits[split]), collate_fn=collate)))
         with torch.no_grad():
             return fresh(batch["image"]).mean(1), (batch["label"] >= 5).long()
 
