@@ -218,14 +218,19 @@ class FusionClassifier(pl.LightningModule):
         return path
 
     # ------------------------------------------------------------------ optimisation
-    def configure_optimizers(self):
-        optimizer = self.optimizer([p for p in self.parameters() if p.requires_grad])
-        if self.cosine_schedule:
-            from transformers import get_cosine_schedule_with_warmup
+    def optimizer_and_cosine_schedule(self, total_steps: int):
+        """The configured optimizer and its warm-up + cosine schedule over ``total_steps`` (to be
+        stepped once per optimizer step); also usable from a hand-written loop."""
+        from transformers import get_cosine_schedule_with_warmup
 
-            total = int(self.trainer.estimated_stepping_batches)
-            schedule = get_cosine_schedule_with_warmup(optimizer, int(self.warmup_fraction * total), total)
+        optimizer = self.optimizer([p for p in self.parameters() if p.requires_grad])
+        return optimizer, get_cosine_schedule_with_warmup(optimizer, int(self.warmup_fraction * total_steps), total_steps)
+
+    def configure_optimizers(self):
+        if self.cosine_schedule:
+            optimizer, schedule = self.optimizer_and_cosine_schedule(int(self.trainer.estimated_stepping_batches))
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        optimizer = self.optimizer([p for p in self.parameters() if p.requires_grad])
         if self.lr_scheduler is None:
             return optimizer
         return {"optimizer": optimizer,

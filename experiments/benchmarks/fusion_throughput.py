@@ -72,8 +72,12 @@ def lightning_throughput(model: pl.LightningModule, batches: list[dict], warmup:
 
 
 def plain_throughput(model: pl.LightningModule, batches: list[dict], warmup: int) -> float:
-    optimizer = model.configure_optimizers()
-    optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
+    schedule = None
+    if getattr(model, "cosine_schedule", False):  # what configure_optimizers builds, sized without a Trainer
+        optimizer, schedule = model.optimizer_and_cosine_schedule(len(batches))
+    else:
+        optimizer = model.configure_optimizers()
+        optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
     model.train()
     start = 0.0
     for i, batch in enumerate(batches):
@@ -83,6 +87,8 @@ def plain_throughput(model: pl.LightningModule, batches: list[dict], warmup: int
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        if schedule is not None:
+            schedule.step()
     return (len(batches) - warmup) * len(batches[0]["label"]) / (time.perf_counter() - start)
 
 
