@@ -28,7 +28,7 @@ import torchmetrics
 from pytorch_lightning.cli import OptimizerCallable
 from pytorch_lightning.strategies import DDPStrategy
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from generative.conditioning import FrozenEncoder, load_encoder
 
@@ -39,6 +39,36 @@ LossName = Literal["bce", "hinge", "wgan-gp"]
 
 def _dcgan_adam(params: Any) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=2e-4, betas=(0.5, 0.999))
+
+
+def ema_decay_at(num_averaged: int, decay: float, warmup: bool = True) -> float:
+    """The EMA decay used for the update after ``num_averaged`` earlier updates.
+
+    With ``warmup`` the decay is ``min(decay, (1 + t) / (10 + t))`` (TensorFlow's
+    ``ExponentialMovingAverage(num_updates=...)``, as in many GAN codebases): early on the average
+    follows the young generator closely instead of dragging its first, near-random weights along;
+    it reaches ``decay`` after ``(10 * decay - 1) / (1 - decay)`` updates (890 for 0.99, 8990 for
+    0.999)."""
+    return min(decay, (1.0 + num_averaged) / (10.0 + num_averaged)) if warmup else decay
+
+
+def get_ema_warmup_multi_avg_fn(decay: float = 0.999, warmup: bool = True):
+    """``multi_avg_fn`` for ``torch.optim.swa_utils.AveragedModel``: an EMA with decay
+    ``ema_decay_at(num_averaged, decay, warmup)``. The update count is ``AveragedModel.n_averaged``,
+    a buffer, so it is checkpointed and a resumed run continues the same schedule."""
+    if not 0.0 <= decay <= 1.0:
+        raise ValueError(f"ema_decay={decay}: must be in [0, 1]")
+
+    @torch.no_grad()
+    def ema_update(ema_params: list[torch.Tensor], params: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+        d = ema_decay_at(int(num_averaged), decay, warmup)
+        if torch.is_floating_point(ema_params[0]) or torch.is_complex(ema_params[0]):
+            torch._foreach_lerp_(ema_params, params, 1.0 - d)  # ema += (1 - d) * (p - ema)
+        else:  # integer buffers (BatchNorm's num_batches_tracked)
+            for p_ema, p in zip(ema_params, params):
+                p_ema.copy_(p_ema * d + p * (1.0 - d))
+
+    return ema_update
 
 
 class GAN(pl.LightningModule):
@@ -60,6 +90,12 @@ class GAN(pl.LightningModule):
         gradient_clip_val: clip each network's gradient norm to this (``None``: no clipping).
         ema_decay: keep an exponential moving average of G's weights and sample from it
             (``None``: sample from G itself).
+        condition_noise: "conditioning augmentation" (StackGAN, Zhang et al. 2017) for encoder
+            conditions: during training add N(0, condition_noise^2) to each unit-norm condition vector
+            and renormalise, so G also draws clean digits near (not only at) the training
+            recordings' embeddings, where an unseen speaker's embeddings land. 0: off; labels never.
+        ema_warmup: ramp the EMA decay up as ``min(ema_decay, (1 + t) / (10 + t))`` after ``t``
+            updates (see ``ema_decay_at``); ``False``: constant ``ema_decay`` from the first update.
         metrics: compute the Fréchet classifier distance (and, if conditional, the classifier's
             agreement with the requested digit) at validation time.
         classifier_epochs / classifier_train_limit: recipe of the cached digit classifier.
@@ -84,6 +120,8 @@ class GAN(pl.LightningModule):
         encoder_checkpoint: str | None = None,
         gradient_clip_val: float | None = None,
         ema_decay: float | None = 0.999,
+        ema_warmup: bool = True,
+        condition_noise: float = 0.0,
         metrics: bool = True,
         classifier_epochs: int = 2,
         classifier_train_limit: int | None = None,
@@ -98,6 +136,8 @@ class GAN(pl.LightningModule):
             raise ValueError(f"loss={loss!r}: choose 'bce', 'hinge' or 'wgan-gp'")
         if n_critic < 1:
             raise ValueError(f"n_critic={n_critic}: must be >= 1")
+        if condition_noise < 0:
+            raise ValueError(f"condition_noise={condition_noise}: must be >= 0")
         self.generator, self.discriminator = generator, discriminator
         self.optimizer_g, self.optimizer_d = optimizer_g or _dcgan_adam, optimizer_d or _dcgan_adam
 
@@ -123,7 +163,8 @@ class GAN(pl.LightningModule):
         # otherwise wait for their gradients.
         self.generator_ema = None
         if ema_decay:
-            self.generator_ema = AveragedModel(generator, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+            self.generator_ema = AveragedModel(generator, multi_avg_fn=get_ema_warmup_multi_avg_fn(ema_decay, ema_warmup),
+                                               use_buffers=True)
             self.generator_ema.requires_grad_(False)
         self.iteration = 0  # batches trained; saved in checkpoints
         self._eval: dict[str, Any] | None = None  # classifier + metrics, built on first validation
@@ -202,6 +243,8 @@ class GAN(pl.LightningModule):
         opt_g, opt_d = self.optimizers()
         real = self.real_images(batch)
         cond = self.condition_of(batch)
+        if cond is not None and self.hparams.condition_noise and self.hparams.condition != "label":
+            cond = F.normalize(cond + self.hparams.condition_noise * torch.randn_like(cond), dim=-1)
         z = torch.randn(real.shape[0], self.nz, device=real.device, dtype=real.dtype)
         g_step = (self.iteration + 1) % self.hparams.n_critic == 0
         # Generate once; the graph to G is kept only if this batch also updates G.

@@ -1,6 +1,6 @@
 """The generative results of generative/README.md, one part per invocation (run them side by side):
 
-    .venv/bin/python experiments/benchmarks/gan_results.py dcgan   --iters 1000 --seed S  # fusegen vs reference FID
+    .venv/bin/python experiments/benchmarks/gan_results.py dcgan   --iters 2000 --score-at 1000 --seed S  # FID vs reference
     .venv/bin/python experiments/benchmarks/gan_results.py cdcgan  --iters 2000   # conditional agreement
     .venv/bin/python experiments/benchmarks/gan_results.py cdcgan  --iters 3000 --resume  # ... continued
     .venv/bin/python experiments/benchmarks/gan_results.py speech  --iters 1200   # speech-to-digit agreement
@@ -30,6 +30,7 @@ from gan_reference import classifier_scores, reference_dcgan  # noqa: E402
 from datamodules import MNISTDataModule  # noqa: E402
 from experiments.cli import FusegenCLI  # noqa: E402
 from generative import Discriminator, Generator, load_digit_classifier  # noqa: E402
+from generative.module import get_ema_warmup_multi_avg_fn  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 ASSETS = REPO / "generative" / "assets"
@@ -58,30 +59,75 @@ def copy_grid(run: FusegenCLI, name: str) -> str:
     return str((ASSETS / f"{name}.png").relative_to(REPO))
 
 
+class FusegenScorer(pl.Callback):
+    """Keeps a second EMA of G with the constant decay (no warm-up), so the module's warm-up EMA is
+    compared with it on the same training run, and scores the three samplers (EMA, raw G, constant
+    EMA) after each batch count in ``budgets``. Scoring restores the global RNG state, so the
+    training stream is the one a run stopped at that budget would have had."""
+
+    def __init__(self, decay: float, budgets: list[int], score) -> None:
+        self.decay, self.budgets, self.score = decay, budgets, score
+        self.ema, self.scores = None, {}
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.ema is None:
+            self.ema = torch.optim.swa_utils.AveragedModel(
+                pl_module.generator, multi_avg_fn=get_ema_warmup_multi_avg_fn(self.decay, warmup=False),
+                use_buffers=True)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if "loss_g" in outputs:
+            self.ema.update_parameters(pl_module.generator)
+        if pl_module.iteration in self.budgets:
+            rng = torch.get_rng_state()
+            g, plain = pl_module.generator, self.ema.module
+            g.eval(), plain.eval()
+            self.scores[pl_module.iteration] = {
+                "fid_fusegen": self.score(lambda z, c: pl_module.sample(z))["fid"],  # EMA, warm-up decay
+                "fid_fusegen_no_ema": self.score(lambda z, c: g(z))["fid"],
+                "fid_fusegen_ema_no_warmup": self.score(lambda z, c: plain(z))["fid"]}
+            g.train(), plain.train()
+            torch.set_rng_state(rng)
+
+
 def part_dcgan(args: argparse.Namespace) -> dict:
     classifier = load_digit_classifier()
     dm = MNISTDataModule(batch_size=64)
     dm.setup("fit")
-    scores = {}
+    budgets = sorted({args.iters, *args.score_at})
+
+    def score(generate) -> dict:
+        return classifier_scores(generate, dm.val_dataloader(), classifier)
+
     # fusegen: the dcgan-mnist config through the CLI (validation every 500 batches for the curve).
     start = time.time()
     run = cli("dcgan-mnist", f"results-dcgan-s{args.seed}", args.iters, args.width,
               ["--trainer.val_check_interval", "500", "--trainer.check_val_every_n_epoch", "null"])
+    decay = run.model.hparams.ema_decay
+    scorer = FusegenScorer(decay, budgets, score)
+    run.trainer.callbacks.append(scorer)
     pl.seed_everything(args.seed)
     run.trainer.fit(run.model, datamodule=run.datamodule)
     fusegen_s = time.time() - start
-    scores["fusegen"] = classifier_scores(lambda z, c: run.model.sample(z), dm.val_dataloader(), classifier)
     # Reference: pytorch/examples' loop, same networks/data/steps, samples from G (no EMA there).
+    ref_scores = {}
+
+    def on_step(i: int, err_d: float, err_g: float) -> None:
+        if i + 1 in budgets:
+            rng = torch.get_rng_state()
+            netG.eval()
+            ref_scores[i + 1] = score(lambda z, c: netG(z))["fid"]
+            netG.train()
+            torch.set_rng_state(rng)
+
     pl.seed_everything(args.seed)
     netG, netD = Generator(ngf=args.width), Discriminator(ndf=args.width)
-    ref_s = reference_dcgan(netG, netD, dm.train_dataloader(), args.iters)
-    netG.eval()
-    scores["reference"] = classifier_scores(lambda z, c: netG(z), dm.val_dataloader(), classifier)
-    # Same fusegen run without EMA, to separate the harness from the EMA's contribution.
-    run.model.generator.eval()
-    scores["fusegen_no_ema"] = classifier_scores(lambda z, c: run.model.generator(z), dm.val_dataloader(), classifier)
-    return {"part": "dcgan", "seed": args.seed, "iters": args.iters, "width": args.width, "fid_fusegen": scores["fusegen"]["fid"],
-            "fid_fusegen_no_ema": scores["fusegen_no_ema"]["fid"], "fid_reference": scores["reference"]["fid"],
+    ref_s = reference_dcgan(netG, netD, dm.train_dataloader(), args.iters, on_step=on_step)
+    per_budget = [{"iters": b, **scorer.scores[b], "fid_reference": ref_scores[b]} for b in budgets]
+    return {"part": "dcgan", "seed": args.seed, "iters": args.iters, "width": args.width, "threads": args.threads,
+            "ema_decay": decay, "ema_warmup": run.model.hparams.ema_warmup,
+            **{k: v for k, v in per_budget[-1].items() if k != "iters"},  # fid_fusegen = the module's EMA sampler
+            "budgets": per_budget,
             "target": "fusegen <= reference", "seconds_fusegen": round(fusegen_s), "seconds_reference": round(ref_s),
             "picture": copy_grid(run, "dcgan-mnist"), "real_images": 5000}
 
@@ -105,11 +151,17 @@ def part_speech(args: argparse.Namespace) -> dict:
     pl.seed_everything(args.seed)
     ckpt = str(RUNS / "results-speech" / "checkpoints" / "last.ckpt") if args.resume else None
     run.trainer.fit(run.model, datamodule=run.datamodule, ckpt_path=ckpt)
+    val_agreement = float(run.trainer.callback_metrics.get("val/agreement", float("nan")))  # last validation
     test = run.trainer.test(run.model, datamodule=run.datamodule, verbose=False)[0]
-    from datamodules.paths import cache_dir
-
-    enc_info = [json.loads(p.read_text()) for p in cache_dir("speech-encoder").glob("*.json")]
-    return {"part": "speech", "iters": args.iters, "width": args.width,
+    # The encoder this run used (an `auto` checkpoint has a JSON with its accuracy next to it).
+    enc_path = getattr(run.model, "encoder_path", None)
+    enc_json = enc_path.with_suffix(".json") if enc_path is not None else None
+    enc_info = {"checkpoint": str(enc_path)}
+    if enc_json is not None and enc_json.is_file():
+        enc_info.update({k: v for k, v in json.loads(enc_json.read_text()).items() if k != "encoder"})
+    return {"part": "speech", "iters": args.iters, "width": args.width, "threads": args.threads,
+            "override": args.override, "lr_g": run.trainer.optimizers[0].param_groups[0]["lr"],
+            "lr_d": run.trainer.optimizers[1].param_groups[0]["lr"], "val_agreement_seen_speakers": val_agreement,
             "test_agreement_heldout_speaker": test["test/agreement"], "test_fid": test["test/fid"],
             "audio_encoder": enc_info, "target": "agreement >= 0.85", "picture": copy_grid(run, "speech-to-digit")}
 
@@ -121,6 +173,8 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--override", default="", help="extra fusegen CLI arguments, one string: --override='--a 1 --b 2'")
+    parser.add_argument("--score-at", type=lambda v: [int(x) for x in v.split(",") if x], default=[],
+                        help="dcgan: also score both runs after these batch counts, e.g. 1000 (comma-separated)")
     parser.add_argument("--resume", action="store_true", help="cdcgan/speech: continue the part's last checkpoint to --iters")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
     args = parser.parse_args()
