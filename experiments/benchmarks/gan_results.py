@@ -3,7 +3,7 @@
     .venv/bin/python experiments/benchmarks/gan_results.py dcgan   --iters 2000 --score-at 1000 --seed S  # FID vs reference
     .venv/bin/python experiments/benchmarks/gan_results.py cdcgan  --iters 2000   # conditional agreement
     .venv/bin/python experiments/benchmarks/gan_results.py cdcgan  --iters 3000 --resume  # ... continued
-    .venv/bin/python experiments/benchmarks/gan_results.py speech  --iters 1200   # speech-to-digit agreement
+    .venv/bin/python experiments/benchmarks/gan_results.py speech  --iters 8000   # speech-to-digit agreement (held-out speaker)
 
 Each trains through the fusegen CLI configs of experiments/gan/ (with the overrides printed in
 its JSON line), scores with the cached MNIST digit classifier (generative/metrics.py), copies
