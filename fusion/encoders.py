@@ -229,6 +229,7 @@ class AudioEncoder(Encoder):
         masks = [torchaudio.transforms.FrequencyMasking(freq_mask, iid_masks=True)] * (num_masks if freq_mask else 0)
         masks += [torchaudio.transforms.TimeMasking(time_mask, iid_masks=True)] * (num_masks if time_mask else 0)
         self.spec_augment = nn.Sequential(*masks)
+        self.masking = dict(freq_mask=freq_mask, time_mask=time_mask, num_masks=num_masks)
         if backbone == "cnn":
             chans = [1] + [width * 2 ** i for i in range(blocks)]
             self.features: nn.Module = nn.Sequential(*(_conv_block(a, b) for a, b in zip(chans, chans[1:])))
@@ -241,6 +242,11 @@ class AudioEncoder(Encoder):
         self.input_shapes = ((None,), (1, None), (1, None, None))
         if freeze:
             self.freeze()
+
+    def extra_repr(self) -> str:
+        # torchaudio's masking modules print no settings; show them so repr(encoder) tells apart
+        # (and cache keys built from it separate) encoders that differ only in SpecAugment.
+        return ", ".join(f"{k}={v}" for k, v in self.masking.items())
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         spec = self.pool(audio if audio.dim() == 4 else self.frontend(audio))
