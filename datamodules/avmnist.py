@@ -7,6 +7,8 @@ The benchmark of CentralNet (Vielzeuf et al., 2018) and MultiBench (Liang et al.
 - ``split="speaker"`` (default): test audio comes only from the held-out speaker ``yweweler``
   (as the original AV-MNIST generator), train/val audio from the other five speakers, val
   recordings (takes 0-4) disjoint from train recordings (takes 5-49);
+  with ``val_speaker`` set, val audio comes from that second held-out speaker instead (train
+  from the remaining four), so model choices can be made on an unseen voice without the test;
   ``split="recording"``: FSDD's official split (takes 0-4 of every speaker are test),
   val = takes 5-9, train = takes 10-49. No recording is ever in two splits;
 - image: 28x28 in [0, 1]; with ``reduce_image`` it is projected onto the principal components
@@ -51,15 +53,26 @@ NUM_TRAIN, NUM_VAL = 55_000, 5_000
 # ----------------------------------------------------------------------------------------------
 # Build (once per parameter set, then cached)
 # ----------------------------------------------------------------------------------------------
-def recording_pools(speaker: list[str], take: torch.Tensor, split: str, test_speaker: str) -> dict[str, np.ndarray]:
+def recording_pools(speaker: list[str], take: torch.Tensor, split: str, test_speaker: str,
+                    val_speaker: str | None = None) -> dict[str, np.ndarray]:
     """Recording indices available to each split (disjoint by construction)."""
     speaker_arr, take = np.asarray(speaker), take.numpy()
     if split == "speaker":
-        if test_speaker not in set(speaker):
-            raise ValueError(f"test_speaker {test_speaker!r} has no FSDD recordings; speakers: {sorted(set(speaker))}")
+        for arg, name in (("test_speaker", test_speaker), ("val_speaker", val_speaker)):
+            if name is not None and name not in set(speaker):
+                raise ValueError(f"{arg} {name!r} has no FSDD recordings; speakers: {sorted(set(speaker))}")
+        if val_speaker == test_speaker:
+            raise ValueError(f"val_speaker and test_speaker are both {test_speaker!r}; pick another val_speaker "
+                             f"from {sorted(set(speaker) - {test_speaker})}")
         held = speaker_arr == test_speaker
-        masks = {"train": ~held & (take >= 5), "val": ~held & (take < 5), "test": held}
+        if val_speaker is None:
+            masks = {"train": ~held & (take >= 5), "val": ~held & (take < 5), "test": held}
+        else:  # validation on a second unseen voice, so choices are made on speaker generalisation
+            val_held = speaker_arr == val_speaker
+            masks = {"train": ~held & ~val_held, "val": val_held, "test": held}
     elif split == "recording":
+        if val_speaker is not None:
+            raise ValueError("val_speaker needs split='speaker' (the recording split mixes every speaker)")
         masks = {"train": take >= 10, "val": (take >= 5) & (take < 10), "test": take < 5}
     else:
         raise ValueError(f"split must be 'speaker' or 'recording', got {split!r}")
@@ -178,6 +191,8 @@ class AVMNISTDataModule(RealDataModule):
         cache_dir: where built arrays go (default ``cache_dir("avmnist")``, i.e. FUSEGEN_CACHE).
         train_limit: use only the first N training pairs (quick runs).
         test_speaker: held-out speaker of the ``speaker`` split.
+        val_speaker: optional second held-out speaker whose recordings form the val audio
+            (``speaker`` split only); the train audio then comes from the other four speakers.
         audio_length: clip length in samples at 8 kHz (centre-crop / zero-pad).
         skip_bad_files: skip unreadable wavs with a warning instead of failing.
         missing_prob: per-sample probability that each modality is absent (marked False in
@@ -208,6 +223,7 @@ class AVMNISTDataModule(RealDataModule):
         skip_bad_files: bool = False,
         missing_prob: float = 0.0,
         missing_splits: list[str] | None = None,
+        val_speaker: str | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= missing_prob < 1.0:
@@ -281,7 +297,8 @@ class AVMNISTDataModule(RealDataModule):
     def pairings(self) -> dict[str, torch.Tensor]:
         """Recording index paired with each image, per split (seeded; milliseconds to compute)."""
         hp, a = self.hparams, self.arrays
-        pools = recording_pools(self.meta["rec_speaker"], a["rec_take"], hp.split, hp.test_speaker)
+        pools = recording_pools(self.meta["rec_speaker"], a["rec_take"], hp.split, hp.test_speaker,
+                                hp.get("val_speaker"))
         labels, rec_digit = self.labels(), a["rec_digit"].numpy()
         return {s: torch.from_numpy(pair_recordings(labels[s].numpy(), pools[s], rec_digit,
                                                     np.random.default_rng([hp.seed, code]), s))

@@ -217,19 +217,27 @@ class AudioEncoder(Encoder):
             frequency bands of up to ``freq_mask`` bins and time spans of up to ``time_mask``
             frames are masked (torchaudio's ``FrequencyMasking`` / ``TimeMasking``, per example);
             it helps most where the test speakers are not the training speakers. 0 = off.
+        freq_warp / time_warp: random per-example stretch of the spectrogram in training mode only,
+            by a factor drawn from ``[1 - w, 1 + w]``: along frequency anchored at 0 Hz (VTLP,
+            Jaitly & Hinton, 2013: a vocal-tract-length change moves every formant by the same
+            factor) and along time about the centre (speaking rate). 0 = off.
     """
 
     def __init__(self, backbone: str = "cnn", sample_rate: int = 8000, n_mels: int = 40, n_fft: int = 256,
                  hop_length: int = 128, width: int = 32, blocks: int = 2, spec_pool: int = 1, freq_bins: int = 1,
                  out_dim: int | None = 64, freeze: bool = False, freq_mask: int = 0, time_mask: int = 0,
-                 num_masks: int = 2) -> None:
+                 num_masks: int = 2, freq_warp: float = 0.0, time_warp: float = 0.0) -> None:
         super().__init__()
+        for name, w in (("freq_warp", freq_warp), ("time_warp", time_warp)):
+            if not 0.0 <= w < 1.0:
+                raise ValueError(f"AudioEncoder: {name} must be in [0, 1) (a stretch factor in [1-w, 1+w]), got {w}")
         self.frontend = LogMel(sample_rate, n_mels, n_fft, hop_length)
         self.pool = nn.AvgPool2d(spec_pool) if spec_pool > 1 else nn.Identity()
         masks = [torchaudio.transforms.FrequencyMasking(freq_mask, iid_masks=True)] * (num_masks if freq_mask else 0)
         masks += [torchaudio.transforms.TimeMasking(time_mask, iid_masks=True)] * (num_masks if time_mask else 0)
         self.spec_augment = nn.Sequential(*masks)
         self.masking = dict(freq_mask=freq_mask, time_mask=time_mask, num_masks=num_masks)
+        self.warp = dict(freq_warp=freq_warp, time_warp=time_warp)
         if backbone == "cnn":
             chans = [1] + [width * 2 ** i for i in range(blocks)]
             self.features: nn.Module = nn.Sequential(*(_conv_block(a, b) for a, b in zip(chans, chans[1:])))
@@ -246,10 +254,30 @@ class AudioEncoder(Encoder):
     def extra_repr(self) -> str:
         # torchaudio's masking modules print no settings; show them so repr(encoder) tells apart
         # (and cache keys built from it separate) encoders that differ only in SpecAugment.
-        return ", ".join(f"{k}={v}" for k, v in self.masking.items())
+        # The warps print only when on, so encoders without them keep their earlier repr (and keys).
+        shown = {**self.masking, **{k: v for k, v in self.warp.items() if v}}
+        return ", ".join(f"{k}={v}" for k, v in shown.items())
+
+    def random_warp(self, spec: torch.Tensor) -> torch.Tensor:
+        """Stretch each example's ``[1, F, T]`` spectrogram by its own random factors (see class doc)."""
+        b = spec.shape[0]
+
+        def factors(w: float) -> torch.Tensor:
+            return 1.0 + w * (2.0 * torch.rand(b, device=spec.device) - 1.0)
+
+        # affine_grid maps output to input coordinates in [-1, 1]; row -1 is bin 0 (0 Hz).
+        f_scale, t_scale = 1.0 / factors(self.warp["freq_warp"]), 1.0 / factors(self.warp["time_warp"])
+        theta = spec.new_zeros(b, 2, 3)
+        theta[:, 0, 0] = t_scale  # x (time): about the centre
+        theta[:, 1, 1], theta[:, 1, 2] = f_scale, f_scale - 1.0  # y (frequency): -1 stays at -1
+        grid = nn.functional.affine_grid(theta, list(spec.shape), align_corners=False)
+        # "border": what a stretch pulls in from outside is the edge (background) level, not silence
+        return nn.functional.grid_sample(spec, grid, padding_mode="border", align_corners=False)
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         spec = self.pool(audio if audio.dim() == 4 else self.frontend(audio))
+        if self.training and (self.warp["freq_warp"] or self.warp["time_warp"]):
+            spec = self.random_warp(spec)
         if self.training and len(self.spec_augment):
             spec = self.spec_augment(spec)
         # timm models: forward_features keeps the feature map (their forward would pool it away).

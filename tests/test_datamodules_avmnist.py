@@ -158,3 +158,16 @@ def test_full_export_multibench(dm: AVMNISTDataModule, tmp_path: Path) -> None:
     assert np.load(out / "audio" / "test_data.npy", mmap_mode="r").shape == (10_000, 112, 112)
     labels = np.load(out / "train_labels.npy")
     np.testing.assert_array_equal(labels[-5000:], dm.splits["val"].label.numpy())
+
+
+def test_val_speaker_makes_validation_a_second_unseen_voice(data_root: Path) -> None:
+    m = AVMNISTDataModule(root=str(data_root), val_speaker="theo", reduce_image=False)
+    m.prepare_data()
+    m.setup()
+    assert _speakers(m, "val") == {"theo"} and _speakers(m, "test") == {"yweweler"}
+    assert _speakers(m, "train") == {"george", "jackson", "lucas", "nicolas"}
+    assert len(m.splits["val"]) == 5_000 and len(m.splits["train"]) == 55_000
+    with pytest.raises(ValueError, match="val_speaker 'nobody' has no FSDD recordings"):
+        AVMNISTDataModule(root=str(data_root), val_speaker="nobody").setup()
+    with pytest.raises(ValueError, match="val_speaker and test_speaker are both 'yweweler'"):
+        AVMNISTDataModule(root=str(data_root), val_speaker="yweweler").setup()

@@ -111,3 +111,21 @@ def test_spec_augment_masks_only_in_training():
     enc.eval()
     assert torch.equal(enc(spec), enc(spec))  # deterministic at eval: no masking
     assert len(AudioEncoder(width=4, blocks=2).spec_augment) == 0  # off by default
+
+
+def test_random_warp_moves_formants_by_the_drawn_factor_and_only_in_training():
+    torch.manual_seed(0)
+    enc = AudioEncoder(width=4, blocks=2, out_dim=8, freq_warp=0.2, time_warp=0.2)
+    spec = torch.zeros(16, 1, 56, 56)
+    spec[:, :, 20, :] = 1.0  # one "formant" at bin 20, all frames
+    warped = enc.random_warp(spec)
+    peaks = warped[:, 0, :, 28].argmax(dim=-1).float()  # where the formant went, mid-utterance
+    assert peaks.unique().numel() > 3                    # each example drew its own factor
+    # 0 Hz is the anchor, so bin 20 lands within bin 20 * [0.8, 1.2] (+- a bin of resampling)
+    assert (peaks >= 20 * 0.8 - 1).all() and (peaks <= 20 * 1.2 + 1).all()
+    assert "freq_warp=0.2" in repr(enc) and "warp" not in repr(AudioEncoder(width=4, blocks=2))
+    enc.eval()
+    x = torch.rand(4, 1, 112, 112)
+    assert torch.equal(enc(x), enc(x))  # no warp at eval
+    with pytest.raises(ValueError, match=r"freq_warp must be in \[0, 1\).*got 1.5"):
+        AudioEncoder(freq_warp=1.5)

@@ -10,6 +10,10 @@ The parent writes ``<out>/results.md`` (the tables for fusion/README.md) and pri
     .venv/bin/python experiments/benchmarks/fusion_avmnist_results.py --jobs 2          # everything
     .venv/bin/python experiments/benchmarks/fusion_avmnist_results.py --only avmnist-concat --seeds 0
     .venv/bin/python experiments/benchmarks/fusion_avmnist_results.py --report           # tables only
+
+Choosing a recipe without the test set: ``--validate-only`` reports the last epoch's accuracy on
+the whole val split and never tests; with ``--override="--data.init_args.val_speaker theo"`` the
+val audio is a second unseen voice, so it measures what the test measures (a new speaker).
 """
 
 from __future__ import annotations
@@ -83,6 +87,11 @@ def run_one(key: str, seed: int, args: argparse.Namespace) -> dict:
     row = {"key": key, "seed": seed, "config": f"experiments/fusion/{config}", "overrides": overrides,
            "epochs": cli.trainer.current_epoch, "train_samples": len(cli.datamodule.splits["train"])
            if hasattr(cli.datamodule, "splits") else None, "fit_s": round(fit_s, 1)}
+    if args.validate_only:  # recipe selection: the whole val split, the test set untouched
+        cli.trainer.limit_val_batches = 1.0
+        metrics = cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)[0]
+        return {**row, "val_acc": float(metrics["val/acc"]), "val_f1": float(metrics["val/f1"]),
+                "override": args.override}
     for drop in [[], *[[m] for m in drops]]:
         cli.model.drop_at_test = drop
         metrics = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)[0]
@@ -127,6 +136,8 @@ def report(args: argparse.Namespace) -> dict:
         a = accs(key, col)
         return 100 * statistics.mean(a) if a else None
 
+    if args.validate_only:
+        return report_validation(rows, args)
     noise = f"audio noise {args.audio_noise:g}x the clip RMS" if args.audio_noise else "clean audio"
     budget = (f"{noise}; {args.epochs} epochs on the first {args.train_limit} AV-MNIST training pairs, val on "
               f"{args.val_fraction:.0%} of the 5,000 val pairs, test on all 10,000 test pairs, last-epoch weights")
@@ -173,6 +184,23 @@ def report(args: argparse.Namespace) -> dict:
     return summary
 
 
+def report_validation(rows: dict[str, list[dict]], args: argparse.Namespace) -> dict:
+    """The --validate-only table: last-epoch accuracy on the whole val split per run key."""
+    lines = [f"Validation only ({args.override or 'default val split'}; {args.epochs} epochs on "
+             f"{args.train_limit} pairs, audio noise {args.audio_noise:g}):", "",
+             "| model | val accuracy % (mean ± std) | per seed |", "|---|---|---|"]
+    summary = {}
+    for key, rs in rows.items():
+        accs = [r["val_acc"] for r in rs if "val_acc" in r]
+        lines.append(f"| {key} | {_mean_std(accs)} | {' / '.join(f'{100 * a:.1f}' for a in accs)} |")
+        summary[key] = round(100 * statistics.mean(accs), 2) if accs else None
+    md = "\n".join(lines) + "\n"
+    (Path(args.out) / "results.md").write_text(md)
+    print(md, file=sys.stderr)
+    return {"benchmark": "fusion_avmnist_results", "validate_only": True, "override": args.override,
+            "val_acc_mean": summary, "markdown": str(Path(args.out) / "results.md")}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/fusion-results", help="results, logs and run folders go here")
@@ -190,13 +218,16 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (child processes)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--report", action="store_true", help="only aggregate existing results")
+    p.add_argument("--validate-only", action="store_true",
+                   help="record the last epoch's accuracy on the whole val split; never touch the test set")
     p.add_argument("--single", help=argparse.SUPPRESS)
     p.add_argument("--single-seed", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
     budget_flags = ["--out", args.out, "--epochs", str(args.epochs), "--train-limit", str(args.train_limit),
                     "--val-fraction", str(args.val_fraction),
                     "--audio-noise", str(args.audio_noise), f"--override={args.override}", "--sst2-epochs", str(args.sst2_epochs),
-                    "--sst2-train-limit", str(args.sst2_train_limit), "--threads", str(args.threads)]
+                    "--sst2-train-limit", str(args.sst2_train_limit), "--threads", str(args.threads),
+                    *(["--validate-only"] if args.validate_only else [])]
     args.passthrough = budget_flags
 
     if args.single:
