@@ -86,13 +86,19 @@ def load_encoder(gan: "GAN", checkpoint: str) -> None:
 AUTO_RECIPE = {"max_steps": 1500, "lr": 2e-3, "weight_decay": 1e-2, "dropout": 0.2, "seed": 0, "schedule": "constant"}
 
 
+def auto_checkpoint_path(encoder: nn.Module, datamodule, modality: str) -> Path:
+    """Where the ``auto`` encoder for this architecture, recipe and data is cached."""
+    # The key covers the architecture (its repr includes the SpecAugment settings), the recipe and
+    # the data: the datamodule's settings (split, held-out speakers, noise, ...) decide which
+    # recordings the encoder may see, so an encoder is never reused across a different split.
+    data = {k: v for k, v in sorted(getattr(datamodule, "hparams", {}).items()) if k != "num_workers"}
+    blob = repr(encoder) + repr(type(datamodule)) + repr(data) + repr(sorted(AUTO_RECIPE.items()))
+    return cache_dir("speech-encoder") / f"{modality}-{hashlib.sha1(blob.encode()).hexdigest()[:10]}.ckpt"
+
+
 def _auto_checkpoint(gan: "GAN", encoder: nn.Module, modality: str) -> Path | None:
     """Train (once, cached) an audio-only FusionClassifier on the GAN's datamodule."""
-    # The key covers the architecture (its repr includes the SpecAugment settings) and the recipe.
-    blob = repr(encoder) + repr(type(gan.trainer.datamodule)) + repr(sorted(AUTO_RECIPE.items()))
-    key = hashlib.sha1(blob.encode()).hexdigest()[:10]
-    folder = cache_dir("speech-encoder")
-    path = folder / f"{modality}-{key}.ckpt"
+    path = auto_checkpoint_path(encoder, gan.trainer.datamodule, modality)
     if path.is_file():
         return path
     if gan.trainer.fast_dev_run:

@@ -142,3 +142,18 @@ def test_conditional_dcgan_learns_mnist(data_root, in_tmp) -> None:
     # The per-epoch sample grid and the interpolation grid were written.
     pngs = sorted(p.name for p in (in_tmp / "samples").glob("*.png"))
     assert pngs == ["epoch_000.png", "epoch_001.png", "epoch_002.png", "interpolation.png"]
+
+
+def test_auto_encoder_cache_key_follows_the_data_split() -> None:
+    """An `auto` condition encoder must never be reused for a split whose held-out speakers it heard."""
+    from datamodules import AVMNISTDataModule
+    from fusion import AudioEncoder
+    from generative.conditioning import auto_checkpoint_path
+
+    enc = AudioEncoder(width=4, blocks=2, out_dim=8)
+    default = auto_checkpoint_path(enc, AVMNISTDataModule(), "audio")
+    assert auto_checkpoint_path(enc, AVMNISTDataModule(num_workers=2), "audio") == default  # loading detail
+    assert auto_checkpoint_path(enc, AVMNISTDataModule(val_speaker="theo"), "audio") != default
+    assert auto_checkpoint_path(enc, AVMNISTDataModule(test_speaker="theo"), "audio") != default
+    assert auto_checkpoint_path(AudioEncoder(width=4, blocks=2, out_dim=8, freq_mask=8), AVMNISTDataModule(),
+                                "audio") != default

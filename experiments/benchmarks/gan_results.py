@@ -146,12 +146,14 @@ def part_cdcgan(args: argparse.Namespace) -> dict:
 
 
 def part_speech(args: argparse.Namespace) -> dict:
-    run = cli("speech-to-digit", "results-speech", args.iters, args.width,
+    run = cli("speech-to-digit", f"results-speech{args.tag}", args.iters, args.width,
               ["--trainer.val_check_interval", "1.0", *shlex.split(args.override)])
     pl.seed_everything(args.seed)
-    ckpt = str(RUNS / "results-speech" / "checkpoints" / "last.ckpt") if args.resume else None
+    ckpt = str(RUNS / f"results-speech{args.tag}" / "checkpoints" / "last.ckpt") if args.resume else None
     run.trainer.fit(run.model, datamodule=run.datamodule, ckpt_path=ckpt)
-    val_agreement = float(run.trainer.callback_metrics.get("val/agreement", float("nan")))  # last validation
+    run.trainer.limit_val_batches = 1.0  # the whole val split (training validated on 16 batches)
+    val = run.trainer.validate(run.model, datamodule=run.datamodule, verbose=False)[0]
+    val_speaker = run.datamodule.hparams.get("val_speaker")
     test = run.trainer.test(run.model, datamodule=run.datamodule, verbose=False)[0]
     # The encoder this run used (an `auto` checkpoint has a JSON with its accuracy next to it).
     enc_path = getattr(run.model, "encoder_path", None)
@@ -161,7 +163,8 @@ def part_speech(args: argparse.Namespace) -> dict:
         enc_info.update({k: v for k, v in json.loads(enc_json.read_text()).items() if k != "encoder"})
     return {"part": "speech", "iters": args.iters, "width": args.width, "threads": args.threads,
             "override": args.override, "lr_g": run.trainer.optimizers[0].param_groups[0]["lr"],
-            "lr_d": run.trainer.optimizers[1].param_groups[0]["lr"], "val_agreement_seen_speakers": val_agreement,
+            "lr_d": run.trainer.optimizers[1].param_groups[0]["lr"], "val_agreement": val["val/agreement"],
+            "val_speakers": f"held-out {val_speaker}" if val_speaker else "seen speakers (other takes)",
             "test_agreement_heldout_speaker": test["test/agreement"], "test_fid": test["test/fid"],
             "audio_encoder": enc_info, "target": "agreement >= 0.85", "picture": copy_grid(run, "speech-to-digit")}
 
@@ -176,6 +179,7 @@ def main() -> None:
     parser.add_argument("--score-at", type=lambda v: [int(x) for x in v.split(",") if x], default=[],
                         help="dcgan: also score both runs after these batch counts, e.g. 1000 (comma-separated)")
     parser.add_argument("--resume", action="store_true", help="cdcgan/speech: continue the part's last checkpoint to --iters")
+    parser.add_argument("--tag", default="", help="suffix of the result file and run folder (keeps variants apart)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
     args = parser.parse_args()
     if args.threads:
@@ -184,7 +188,7 @@ def main() -> None:
     result = {"dcgan": part_dcgan, "cdcgan": part_cdcgan, "speech": part_speech}[args.part](args)
     result["wall_s"] = round(time.time() - start)
     RUNS.mkdir(parents=True, exist_ok=True)
-    (RUNS / f"{args.part}-s{args.seed}-{args.iters}.json").write_text(json.dumps(result, indent=2))
+    (RUNS / f"{args.part}-s{args.seed}-{args.iters}{args.tag}.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result))
 
 
