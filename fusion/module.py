@@ -17,7 +17,7 @@ from pytorch_lightning.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import nn
 
 from fusion.encoders import Encoder
-from fusion.heads import ConcatFusion
+from fusion.heads import ConcatFusion, pooled_features
 
 FusionHeadFactory = Callable[[dict[str, int]], nn.Module]
 
@@ -64,6 +64,12 @@ class FusionClassifier(pl.LightningModule):
         modality_dropout: per-sample probability of hiding each modality in training (at least one
             stays), so the model learns to cope when one is missing at test time.
         drop_at_test: modalities marked absent in test/predict (robustness evaluation).
+        unimodal_loss_weight: weight of auxiliary per-modality classification losses in training
+            (a linear head on each encoder's pooled tokens, on the samples where that modality is
+            present; the heads are not used for prediction). Joint training lets the easier
+            modality dominate and under-trains the other ("modality laziness"; Wang et al., 2020,
+            *What Makes Training Multi-Modal Classification Networks Hard?*); a loss of its own
+            makes each encoder learn to classify alone. 0 = off.
         optimizer / lr_scheduler: injected from the config (``class_path: torch.optim.AdamW`` ...).
         cosine_schedule: instead of ``lr_scheduler``: warm up linearly over ``warmup_fraction`` of the
             run, then cosine-decay to 0 at its last step (transformers'
@@ -85,8 +91,11 @@ class FusionClassifier(pl.LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         cosine_schedule: bool = False,
         warmup_fraction: float = 0.0,
+        unimodal_loss_weight: float = 0.0,
     ) -> None:
         super().__init__()
+        if unimodal_loss_weight < 0:
+            raise ValueError(f"model.init_args.unimodal_loss_weight must be >= 0, got {unimodal_loss_weight}")
         if cosine_schedule and lr_scheduler is not None:
             raise ValueError("model.init_args: set either lr_scheduler or cosine_schedule: true, not both")
         if not 0.0 <= warmup_fraction < 1.0:
@@ -102,6 +111,9 @@ class FusionClassifier(pl.LightningModule):
         in_dims = {m: enc.out_dim for m, enc in self.encoders.items()}
         self.fusion = fusion if isinstance(fusion, nn.Module) else fusion(in_dims)
         self.classifier = mlp(self.fusion.out_dim, list(hidden_dims or []), num_classes, dropout)
+        self.unimodal_loss_weight = unimodal_loss_weight
+        self.unimodal_heads = nn.ModuleDict({m: nn.Linear(d, num_classes) for m, d in in_dims.items()}
+                                            if unimodal_loss_weight > 0 else {})
         self.modality_dropout = modality_dropout
         self.drop_at_test = list(drop_at_test or [])
         self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
@@ -163,8 +175,22 @@ class FusionClassifier(pl.LightningModule):
 
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = nn.functional.cross_entropy(self(batch), batch["label"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["label"]))
+        label = batch["label"]
+        present = self.presence(batch)
+        features, token_masks = self.encode(batch, present)
+        loss = nn.functional.cross_entropy(
+            self.classifier(self.fusion(features, present=present, token_mask=token_masks)), label)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(label))
+        if self.unimodal_heads:
+            pooled = pooled_features(features, list(self.unimodal_heads), present, token_masks)
+            for (m, head), z in zip(self.unimodal_heads.items(), pooled):
+                keep = present[m]
+                if not keep.any():  # a zero-weight use, so DDP still sees a gradient for the head
+                    loss = loss + 0.0 * head(z).sum()
+                    continue
+                aux = nn.functional.cross_entropy(head(z[keep]), label[keep])
+                self.log(f"train/loss_{m}", aux, batch_size=int(keep.sum()))
+                loss = loss + self.unimodal_loss_weight * aux
         return loss
 
     def _eval_step(self, batch: dict, metrics: torchmetrics.MetricCollection, stage: str) -> torch.Tensor:

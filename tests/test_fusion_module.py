@@ -164,7 +164,7 @@ def test_cosine_schedule_follows_the_trainers_length(tmp_path):
 
     dm = SyntheticMultimodalDataModule(num_train=80, num_val=16, num_test=16, batch_size=16)  # 5 batches/epoch
     model = small_model(optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2), cosine_schedule=True, warmup_fraction=0.2)
-    trainer = pl.Trainer(max_epochs=4, default_root_dir=tmp_path, logger=False, enable_checkpointing=False,
+    trainer = pl.Trainer(max_epochs=6, default_root_dir=tmp_path, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, callbacks=[RecordLR()])
     trainer.fit(model, datamodule=dm)
     assert len(lrs) == 20
@@ -175,3 +175,34 @@ def test_cosine_schedule_follows_the_trainers_length(tmp_path):
     assert lrs[-1] < 0.02 * max(lrs)
     with pytest.raises(ValueError, match="either lr_scheduler or cosine_schedule"):
         small_model(cosine_schedule=True, lr_scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, 1))
+
+
+def test_unimodal_losses_teach_each_encoder_to_classify_alone(tmp_path):
+    """With unimodal_loss_weight the per-modality heads learn (above chance on their modality
+    alone) and add to the training loss; a batch without a modality still gives every head a grad."""
+    pl.seed_everything(0)
+    dm = SyntheticMultimodalDataModule(num_train=600, num_val=200, num_test=16, batch_size=32)
+    model = small_model(unimodal_loss_weight=1.0, optimizer=lambda p: torch.optim.AdamW(p, lr=3e-3))
+    trainer = pl.Trainer(max_epochs=6, default_root_dir=tmp_path, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(model, datamodule=dm)
+    assert {"train/loss_image", "train/loss_audio"} <= set(trainer.callback_metrics)
+    model.eval()
+    correct, total = {"image": 0, "audio": 0}, 0
+    from fusion.heads import pooled_features
+    with torch.no_grad():
+        for batch in dm.val_dataloader():
+            present = model.presence(batch)
+            feats, masks = model.encode(batch, present)
+            for (m, head), z in zip(model.unimodal_heads.items(), pooled_features(feats, ["image", "audio"], present, masks)):
+                correct[m] += int((head(z).argmax(-1) == batch["label"]).sum())
+            total += len(batch["label"])
+    for m, c in correct.items():
+        assert c / total > {"image": 0.18, "audio": 0.3}[m], f"{m} head alone: {c / total:.2f} (chance 0.10)"
+    model = small_model(unimodal_loss_weight=1.0).train()  # (outside a Trainer: self.log only warns)
+    batch = synthetic_batch(8)
+    batch["present"]["audio"][:] = False
+    model.training_step(batch, 0).backward()
+    assert all(p.grad is not None for p in model.unimodal_heads.parameters())
+    with pytest.raises(ValueError, match="unimodal_loss_weight must be >= 0, got -1"):
+        small_model(unimodal_loss_weight=-1)

@@ -1,6 +1,7 @@
 """The generative results of generative/README.md, one part per invocation (run them side by side):
 
     .venv/bin/python experiments/benchmarks/gan_results.py dcgan   --iters 2000 --score-at 1000 --seed S  # FID vs reference
+    .venv/bin/python experiments/benchmarks/gan_results.py dcgan-summary --iters 2000  # medians over the seeds run
     .venv/bin/python experiments/benchmarks/gan_results.py cdcgan  --iters 2000   # conditional agreement
     .venv/bin/python experiments/benchmarks/gan_results.py cdcgan  --iters 3000 --resume  # ... continued
     .venv/bin/python experiments/benchmarks/gan_results.py speech  --iters 8000   # speech-to-digit agreement (held-out speaker)
@@ -169,9 +170,33 @@ def part_speech(args: argparse.Namespace) -> dict:
             "audio_encoder": enc_info, "target": "agreement >= 0.85", "picture": copy_grid(run, "speech-to-digit")}
 
 
+def dcgan_summary(iters: int) -> dict:
+    """Medians over the seeds' ``dcgan-s*-{iters}.json`` at every scored budget: fusegen's sampler
+    (the config's EMA of G), its raw G and the reference, plus the paired per-seed gaps."""
+    import statistics
+
+    runs = [json.loads(p.read_text()) for p in sorted(RUNS.glob(f"dcgan-s*-{iters}.json"))]
+    if not runs:
+        raise SystemExit(f"no {RUNS}/dcgan-s*-{iters}.json yet: run the dcgan part with --iters {iters} first")
+    rows = []
+    for budget in sorted({b["iters"] for r in runs for b in r["budgets"]}):
+        at = [b for r in runs for b in r["budgets"] if b["iters"] == budget]
+        gaps = [b["fid_fusegen"] - b["fid_reference"] for b in at]
+        rows.append({"iters": budget, "seeds": len(at),
+                     "fid_fusegen_median": round(statistics.median(b["fid_fusegen"] for b in at), 1),
+                     "fid_fusegen_no_ema_median": round(statistics.median(b["fid_fusegen_no_ema"] for b in at), 1),
+                     "fid_reference_median": round(statistics.median(b["fid_reference"] for b in at), 1),
+                     "gap_median": round(statistics.median(gaps), 1),
+                     "seeds_fusegen_le_reference": sum(g <= 0 for g in gaps)})
+    final = rows[-1]
+    return {"part": "dcgan-summary", "iters": iters, "seeds": [r["seed"] for r in runs], "budgets": rows,
+            "target": "fusegen <= reference (medians over seeds)",
+            "met": final["fid_fusegen_median"] <= final["fid_reference_median"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=["dcgan", "cdcgan", "speech"])
+    parser.add_argument("part", choices=["dcgan", "cdcgan", "speech", "dcgan-summary"])
     parser.add_argument("--iters", type=int, default=1000)
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
@@ -184,6 +209,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.part == "dcgan-summary":  # aggregates the dcgan runs of every seed at --iters
+        print(json.dumps(dcgan_summary(args.iters)))
+        return
     start = time.time()
     result = {"dcgan": part_dcgan, "cdcgan": part_cdcgan, "speech": part_speech}[args.part](args)
     result["wall_s"] = round(time.time() - start)
