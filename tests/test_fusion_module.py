@@ -164,7 +164,7 @@ def test_cosine_schedule_follows_the_trainers_length(tmp_path):
 
     dm = SyntheticMultimodalDataModule(num_train=80, num_val=16, num_test=16, batch_size=16)  # 5 batches/epoch
     model = small_model(optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2), cosine_schedule=True, warmup_fraction=0.2)
-    trainer = pl.Trainer(max_epochs=6, default_root_dir=tmp_path, logger=False, enable_checkpointing=False,
+    trainer = pl.Trainer(max_epochs=4, default_root_dir=tmp_path, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, callbacks=[RecordLR()])
     trainer.fit(model, datamodule=dm)
     assert len(lrs) == 20
