@@ -170,6 +170,15 @@ def part_speech(args: argparse.Namespace) -> dict:
             "audio_encoder": enc_info, "target": "agreement >= 0.85", "picture": copy_grid(run, "speech-to-digit")}
 
 
+def bootstrap_ci(values: list[float], resamples: int = 10_000) -> list[float]:
+    """95% percentile-bootstrap interval of the mean (seeded, so the summary is reproducible)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    means = rng.choice(np.asarray(values), size=(resamples, len(values))).mean(axis=1)
+    return [round(float(q), 1) for q in np.percentile(means, [2.5, 97.5])]
+
+
 def dcgan_summary(iters: int) -> dict:
     """Medians over the seeds' ``dcgan-s*-{iters}.json`` at every scored budget: fusegen's sampler
     (the config's EMA of G), its raw G and the reference, plus the paired per-seed gaps."""
@@ -186,7 +195,8 @@ def dcgan_summary(iters: int) -> dict:
                      "fid_fusegen_median": round(statistics.median(b["fid_fusegen"] for b in at), 1),
                      "fid_fusegen_no_ema_median": round(statistics.median(b["fid_fusegen_no_ema"] for b in at), 1),
                      "fid_reference_median": round(statistics.median(b["fid_reference"] for b in at), 1),
-                     "gap_median": round(statistics.median(gaps), 1),
+                     "gap_median": round(statistics.median(gaps), 1), "gap_mean": round(statistics.mean(gaps), 1),
+                     "gap_mean_ci95": bootstrap_ci(gaps),
                      "seeds_fusegen_le_reference": sum(g <= 0 for g in gaps)})
     final = rows[-1]
     return {"part": "dcgan-summary", "iters": iters, "seeds": [r["seed"] for r in runs], "budgets": rows,
