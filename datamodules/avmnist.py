@@ -297,8 +297,7 @@ class AVMNISTDataModule(RealDataModule):
     def pairings(self) -> dict[str, torch.Tensor]:
         """Recording index paired with each image, per split (seeded; milliseconds to compute)."""
         hp, a = self.hparams, self.arrays
-        pools = recording_pools(self.meta["rec_speaker"], a["rec_take"], hp.split, hp.test_speaker,
-                                hp.get("val_speaker"))
+        pools = recording_pools(self.meta["rec_speaker"], a["rec_take"], hp.split, hp.test_speaker, hp.val_speaker)
         labels, rec_digit = self.labels(), a["rec_digit"].numpy()
         return {s: torch.from_numpy(pair_recordings(labels[s].numpy(), pools[s], rec_digit,
                                                     np.random.default_rng([hp.seed, code]), s))

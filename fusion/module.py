@@ -168,18 +168,21 @@ class FusionClassifier(pl.LightningModule):
                 token_masks[m] = mask
         return features, token_masks
 
-    def forward(self, batch: dict) -> torch.Tensor:
+    def forward_with_features(self, batch: dict) -> tuple[torch.Tensor, dict, dict, dict]:
+        """Logits plus what produced them: presence masks, encoder tokens and token masks."""
         present = self.presence(batch)
         features, token_masks = self.encode(batch, present)
-        return self.classifier(self.fusion(features, present=present, token_mask=token_masks))
+        logits = self.classifier(self.fusion(features, present=present, token_mask=token_masks))
+        return logits, present, features, token_masks
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.forward_with_features(batch)[0]
 
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         label = batch["label"]
-        present = self.presence(batch)
-        features, token_masks = self.encode(batch, present)
-        loss = nn.functional.cross_entropy(
-            self.classifier(self.fusion(features, present=present, token_mask=token_masks)), label)
+        logits, present, features, token_masks = self.forward_with_features(batch)
+        loss = nn.functional.cross_entropy(logits, label)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(label))
         if self.unimodal_heads:
             pooled = pooled_features(features, list(self.unimodal_heads), present, token_masks)

@@ -115,12 +115,12 @@ def train_condition_encoder(encoder: nn.Module, datamodule, modality: str, path:
                             max_steps: int = 1500, lr: float = 2e-3, weight_decay: float = 1e-2,
                             dropout: float = 0.2, seed: int = 0, schedule: str = "cosine") -> float:
     """Fit ``FusionClassifier({modality: encoder}, ConcatFusion)`` on ``datamodule`` for ``max_steps``
-    batches (AdamW; ``schedule`` ``"cosine"``: lr annealed to 0 over the steps, per step, so the
-    last weights are not a random point of a noisy constant-lr trajectory; ``"constant"``); save its checkpoint to ``path`` (if given) and return
-    its test accuracy (held-out speaker for AV-MNIST; the JSON next to it also has val accuracy). A step budget, not epochs: AV-MNIST pairs
-    55,000 images with ~2,250 recordings, so 600 batches already show every recording ~17 times;
-    with SpecAugment each showing is a different masked view, which is what generalises to an
-    unseen speaker."""
+    batches with AdamW (``schedule="cosine"``: lr annealed to 0 per step, so the last weights are not
+    a random point of a noisy constant-lr trajectory; ``"constant"``); save the checkpoint to
+    ``path`` (if given, with a JSON of test and val accuracy beside it) and return the test accuracy
+    (held-out speaker for AV-MNIST). A step budget, not epochs: AV-MNIST pairs 55,000 images with
+    ~2,250 recordings, so 600 batches already show every recording ~17 times; with SpecAugment each
+    showing is a different masked view, which is what generalises to an unseen speaker."""
     import pytorch_lightning as pl
 
     from fusion import ConcatFusion, FusionClassifier

@@ -18,10 +18,12 @@ import argparse
 import json
 import shlex
 import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 
@@ -172,8 +174,6 @@ def part_speech(args: argparse.Namespace) -> dict:
 
 def bootstrap_ci(values: list[float], resamples: int = 10_000) -> list[float]:
     """95% percentile-bootstrap interval of the mean (seeded, so the summary is reproducible)."""
-    import numpy as np
-
     rng = np.random.default_rng(0)
     means = rng.choice(np.asarray(values), size=(resamples, len(values))).mean(axis=1)
     return [round(float(q), 1) for q in np.percentile(means, [2.5, 97.5])]
@@ -182,8 +182,6 @@ def bootstrap_ci(values: list[float], resamples: int = 10_000) -> list[float]:
 def dcgan_summary(iters: int) -> dict:
     """Medians over the seeds' ``dcgan-s*-{iters}.json`` at every scored budget: fusegen's sampler
     (the config's EMA of G), its raw G and the reference, plus the paired per-seed gaps."""
-    import statistics
-
     runs = [json.loads(p.read_text()) for p in sorted(RUNS.glob(f"dcgan-s*-{iters}.json"))]
     if not runs:
         raise SystemExit(f"no {RUNS}/dcgan-s*-{iters}.json yet: run the dcgan part with --iters {iters} first")
