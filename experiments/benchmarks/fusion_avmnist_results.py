@@ -71,7 +71,7 @@ def run_one(key: str, seed: int, args: argparse.Namespace) -> dict:
         "--experiment", f"{key}-s{seed}",
         "--seed_everything", str(seed),
         "--trainer.default_root_dir", str(Path(args.out) / "runs"),
-        # --epochs config: each config's own max_epochs (MultiBench LF 30, the fusegen configs 10)
+        # --epochs config: each config's own max_epochs
         *(["--trainer.max_epochs", str(args.sst2_epochs)] if sst2 else
           [] if args.epochs == "config" else ["--trainer.max_epochs", str(args.epochs)]),
         "--trainer.limit_val_batches", str(args.val_fraction),
@@ -156,7 +156,7 @@ def report(args: argparse.Namespace) -> dict:
         return report_validation(rows, args)
     noise = f"audio noise {args.audio_noise:g}x the clip RMS" if args.audio_noise else "clean audio"
     pairs = f"the first {args.train_limit}" if args.train_limit else "all 55,000"
-    epochs = "each config's own epochs (MultiBench LF 30, the others 10)" if args.epochs == "config" \
+    epochs = "each config's own epochs (the epochs column)" if args.epochs == "config" \
         else f"{args.epochs} epochs"
     budget = (f"{noise}; {epochs} on {pairs} AV-MNIST training pairs, val on "
               f"{args.val_fraction:.0%} of the 5,000 val pairs, test on all 10,000 test pairs, last-epoch weights")
