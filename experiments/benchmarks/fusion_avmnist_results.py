@@ -3,7 +3,8 @@
 Every run goes through the shipped configs in ``experiments/fusion/`` and the one CLI
 (``FusegenCLI``, in a child process per run), with a reduced, common compute budget set by
 ``--epochs`` / ``--train-limit`` (the configs' own budgets -- 30 epochs on 55,000 pairs for the
-MultiBench recipe -- do not fit a shared 2-core machine). Each run writes
+MultiBench recipe -- do not fit a shared 2-core machine; ``--epochs config`` keeps each config's
+own epoch count and cuts only the data). Each run writes
 ``<out>/results/<key>.json`` as soon as it ends, so an interrupted sweep resumes where it stopped.
 The parent writes ``<out>/results.md`` (the tables for fusion/README.md) and prints one JSON line.
 
