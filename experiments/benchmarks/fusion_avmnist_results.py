@@ -160,7 +160,8 @@ def report(args: argparse.Namespace) -> dict:
     epochs = "each config's own epochs (the epochs column)" if args.epochs == "config" \
         else f"{args.epochs} epochs"
     budget = (f"{noise}; {epochs} on {pairs} AV-MNIST training pairs, val on "
-              f"{args.val_fraction:.0%} of the 5,000 val pairs, test on all 10,000 test pairs, last-epoch weights")
+              f"{args.val_fraction:.0%} of the 5,000 val pairs, test on all 10,000 test pairs, last-epoch weights"
+              f"{' and the best-val checkpoint' if args.best_val else ''}")
     lines = ["| model | config | epochs | test accuracy % (mean ± std) | macro-F1 % | best-val checkpoint: test % | "
              "fit s/run |", "|---|---|---|---|---|---|---|"]
     for key in AVMNIST_RUNS:
