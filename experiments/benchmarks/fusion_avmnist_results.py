@@ -12,6 +12,12 @@ The parent writes ``<out>/results.md`` (the tables for fusion/README.md) and pri
     .venv/bin/python experiments/benchmarks/fusion_avmnist_results.py --only avmnist-concat --seeds 0
     .venv/bin/python experiments/benchmarks/fusion_avmnist_results.py --report           # tables only
 
+Budgets longer than a session (MultiBench's full one: ``--epochs config --train-limit 0``): with
+``--deadline-min M`` every run stops at the last epoch boundary that ends within M minutes of the
+start and exits "paused"; running the same command again resumes each paused (or crashed) run from
+its ``last.ckpt``. The resumed epochs reshuffle from the seed, so a paused run matches an
+uninterrupted one in distribution, not bit for bit; ``fit_s`` adds up every segment.
+
 Choosing a recipe without the test set: ``--validate-only`` reports the last epoch's accuracy on
 the whole val split and never tests; with ``--override="--data.init_args.val_speaker theo"`` the
 val audio is a second unseen voice, so it measures what the test measures (a new speaker).
@@ -53,11 +59,35 @@ SST2_RUNS: dict[str, tuple[str, list[str], list[str]]] = {
     "sst2-text-minilm": ("sst2-text-minilm.yaml", ["--trainer.max_epochs", "1"], []),
 }
 UNIMODAL = ("avmnist-image-only", "avmnist-audio-only")
+PAUSED = 3  # a child's exit code: stopped at the deadline, resumable
 FUSION = ("avmnist-concat", "avmnist-attention", "avmnist-lowrank")  # the fusegen heads the targets are about
 
 
-def run_one(key: str, seed: int, args: argparse.Namespace) -> dict:
-    """Fit one config with the reduced budget, then test it (also with modalities removed)."""
+def _stop_before_deadline(deadline: float, margin: float = 1.25):
+    """A callback that stops at an epoch boundary when the next epoch would end after ``deadline``.
+
+    Lightning's own ``Timer`` (``max_time``) stops mid-epoch; stopping between epochs keeps
+    ``last.ckpt`` a whole epoch, so the resumed run sees every batch of every epoch.
+    """
+    from pytorch_lightning.callbacks import Callback
+
+    class StopBeforeDeadline(Callback):
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            self.epoch_start = time.time()
+
+        def on_train_epoch_end(self, trainer, pl_module) -> None:  # after this epoch's val + checkpoint
+            took = time.time() - self.epoch_start
+            if time.time() + margin * took > deadline:
+                trainer.should_stop = True
+
+    return StopBeforeDeadline()
+
+
+def run_one(key: str, seed: int, args: argparse.Namespace) -> dict | None:
+    """Fit one config with the reduced budget, then test it (also with modalities removed).
+
+    Returns None when the run paused at ``--deadline-min`` before its last epoch.
+    """
     import torch
 
     from experiments.cli import TRAINER_DEFAULTS, FusegenCLI
@@ -92,12 +122,25 @@ def run_one(key: str, seed: int, args: argparse.Namespace) -> dict:
         best = ModelCheckpoint(dirpath=cli.trainer.checkpoint_callback.dirpath, filename="best-val-{epoch}",
                                monitor="val/acc", mode="max")
         cli.trainer.callbacks.append(best)
+    if args.deadline_ts:
+        cli.trainer.callbacks.append(_stop_before_deadline(args.deadline_ts))
+    # An earlier segment of this run (paused at a deadline, or crashed) left a whole-epoch last.ckpt.
+    last = Path(cli.trainer.checkpoint_callback.dirpath) / "last.ckpt"
+    segments_file = Path(args.out) / "logs" / f"{key}-s{seed}.segments.json"
+    segments = json.loads(segments_file.read_text()) if last.is_file() and segments_file.is_file() else []
     start = time.perf_counter()
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    fit_s = time.perf_counter() - start
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=str(last) if last.is_file() else None)
+    segments.append({"to_epoch": cli.trainer.current_epoch, "fit_s": round(time.perf_counter() - start, 1)})
+    segments_file.parent.mkdir(parents=True, exist_ok=True)
+    segments_file.write_text(json.dumps(segments))
+    if cli.trainer.current_epoch < cli.trainer.max_epochs:
+        print(f"{key} seed {seed}: paused after epoch {cli.trainer.current_epoch} of {cli.trainer.max_epochs} "
+              f"(deadline); {last} resumes it", file=sys.stderr)
+        return None
     row = {"key": key, "seed": seed, "config": f"experiments/fusion/{config}", "overrides": overrides,
            "epochs": cli.trainer.current_epoch, "train_samples": len(cli.datamodule.splits["train"])
-           if hasattr(cli.datamodule, "splits") else None, "fit_s": round(fit_s, 1)}
+           if hasattr(cli.datamodule, "splits") else None,
+           "fit_s": round(sum(seg["fit_s"] for seg in segments), 1), "segments": len(segments)}
     if args.validate_only:  # recipe selection: the whole val split, the test set untouched
         cli.trainer.limit_val_batches = 1.0
         metrics = cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)[0]
@@ -127,8 +170,12 @@ def _child(key: str, seed: int, args: argparse.Namespace) -> tuple[str, int, str
     log.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, __file__, "--single", key, "--single-seed", str(seed), *args.passthrough]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    with log.open("w") as f:
+    if args.deadline_ts and time.time() > args.deadline_ts - 60:  # too late to start a run
+        return key, seed, "not started (deadline); the same command starts it"
+    with log.open("a") as f:  # append: a resumed run keeps the log of its earlier segments
         code = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+    if code == PAUSED:
+        return key, seed, "paused (deadline); the same command resumes it from last.ckpt"
     return key, seed, "ok" if code == 0 else f"failed (exit {code}, see {log})"
 
 
@@ -262,18 +309,28 @@ def main() -> None:
     p.add_argument("--report", action="store_true", help="only aggregate existing results")
     p.add_argument("--validate-only", action="store_true",
                    help="record the last epoch's accuracy on the whole val split; never touch the test set")
+    p.add_argument("--deadline-min", type=float, default=None,
+                   help="pause every run at the last epoch boundary within this many minutes (resumable)")
+    p.add_argument("--deadline-ts", type=float, default=None, help=argparse.SUPPRESS)
     p.add_argument("--single", help=argparse.SUPPRESS)
     p.add_argument("--single-seed", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.deadline_min is not None:
+        if args.deadline_min <= 0:
+            p.error(f"--deadline-min takes a positive number of minutes, got {args.deadline_min:g}")
+        args.deadline_ts = time.time() + 60 * args.deadline_min
     budget_flags = ["--out", args.out, "--epochs", str(args.epochs), "--train-limit", str(args.train_limit),
                     "--val-fraction", str(args.val_fraction),
                     "--audio-noise", str(args.audio_noise), f"--override={args.override}", "--sst2-epochs", str(args.sst2_epochs),
                     "--sst2-train-limit", str(args.sst2_train_limit), "--threads", str(args.threads),
-                    *(["--validate-only"] if args.validate_only else []), *(["--best-val"] if args.best_val else [])]
+                    *(["--validate-only"] if args.validate_only else []), *(["--best-val"] if args.best_val else []),
+                    *(["--deadline-ts", repr(args.deadline_ts)] if args.deadline_ts else [])]
     args.passthrough = budget_flags
 
     if args.single:
         row = run_one(args.single, args.single_seed, args)
+        if row is None:
+            sys.exit(PAUSED)
         out = Path(args.out) / "results" / f"{args.single}-s{args.single_seed}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(row, indent=1))
