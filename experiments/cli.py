@@ -86,6 +86,10 @@ def _fill_run_dir(components: Any, run_dir: str) -> None:
 def main(args: list[str] | None = None) -> None:
     """Console entry point. User errors print one screen, not a deep traceback
     (``FUSEGEN_DEBUG=1`` shows the full one)."""
+    # `class_path: mymodule.MyDataModule` must find modules in the user's working folder, as
+    # `python -m` would; the console script's sys.path[0] is its bin/ folder instead.
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         FusegenCLI(args=args)
     except KeyboardInterrupt:
