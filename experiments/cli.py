@@ -12,16 +12,24 @@ and ``--ckpt_path last`` resumes its latest run.
 
 from __future__ import annotations
 
+import math
 import os
+import shutil
 import sys
+import time
 import traceback
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
+import yaml
 from jsonargparse import Namespace
 from pytorch_lightning import LightningModule
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+
+from datamodules.files import atomic_write_text, remove_stale_temp_files
+from experiments.callbacks import load_checkpoint_as_data, newest_readable_checkpoint
 
 CONFIG_DIR = Path(__file__).resolve().parent
 TRAINER_DEFAULTS = CONFIG_DIR / "trainer.yaml"
@@ -36,6 +44,8 @@ class FusegenArgumentParser(LightningArgumentParser):
 
 class FusegenCLI(LightningCLI):
     """LightningCLI with fusegen's shared trainer defaults and run-folder convention."""
+
+    run_dir: Path | None = None  # runs/<experiment>/, set once the config is parsed
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         defaults = {"default_config_files": [str(TRAINER_DEFAULTS)]}
@@ -56,9 +66,20 @@ class FusegenCLI(LightningCLI):
         parser.add_argument("--experiment", type=str, default="default",
                             help="Run name: logs and checkpoints go to <trainer.default_root_dir>/<experiment>/.")
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        # LightningCLI reads the hyperparameters of a --ckpt_path file next; a torn or unsafe file
+        # must be named, not fail deep inside torch.load with a bare EOFError.
+        sub = self.config.get("subcommand")
+        ckpt_path = self.config[sub].get("ckpt_path") if sub else None
+        if ckpt_path and "://" not in str(ckpt_path) and Path(ckpt_path).is_file():
+            load_checkpoint_as_data(ckpt_path, map_location="cpu", mmap=True)
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        check_learning_rates(config)
         run_dir = str(Path(config.trainer.default_root_dir or "runs") / config.experiment)
+        self.run_dir = Path(run_dir)
         _fill_run_dir(config.trainer.logger, run_dir)
         _fill_run_dir(config.trainer.callbacks, run_dir)
         if config.trainer.enable_progress_bar is False and isinstance(config.trainer.callbacks, list):
@@ -68,6 +89,136 @@ class FusegenCLI(LightningCLI):
                                         if not str(getattr(c, "class_path", "")).endswith("ProgressBar")]
         if torch.cuda.is_available():
             torch.set_float32_matmul_precision("high")  # TF32 on Ampere+; bf16 comes from the gpu preset
+
+
+    # ------------------------------------------------------------------ running a subcommand
+    # LightningCLI calls a method named after the subcommand when the CLI defines one.
+    def fit(self, **kwargs: Any) -> None:
+        self._guarded(self.trainer.fit, kwargs, clean_empty_runs=True)
+
+    def validate(self, **kwargs: Any) -> None:
+        self._guarded(self.trainer.validate, kwargs)
+
+    def test(self, **kwargs: Any) -> None:
+        self._guarded(self.trainer.test, kwargs)
+
+    def predict(self, **kwargs: Any) -> None:
+        self._guarded(self.trainer.predict, kwargs)
+
+    def _guarded(self, run: Callable[..., Any], kwargs: dict[str, Any], clean_empty_runs: bool = False) -> None:
+        """Run a Trainer entry point with crash-safe checkpoints around it: stale temp files removed,
+        ``ckpt_path: last`` resolved to a readable checkpoint, and a fit that fails before its
+        first step leaves no empty run folders behind."""
+        ckpt_dir = self._checkpoint_dir()
+        if ckpt_dir is not None:
+            for stale in remove_stale_temp_files(ckpt_dir):
+                warnings.warn(f"removed {stale}: a temporary file left by a checkpoint save that was killed")
+            if kwargs.get("ckpt_path") == "last":
+                kwargs["ckpt_path"] = resolve_last_checkpoint(ckpt_dir)
+        created = _Created(self.run_dir, self.trainer.loggers, ckpt_dir) if clean_empty_runs else None
+        started = time.time()
+        try:
+            run(**kwargs)
+        except BaseException as err:
+            if created is not None and self.trainer.global_step == 0 and self.trainer.is_global_zero:
+                created.remove_if_empty()
+            if self.trainer.world_size > 1 and not isinstance(err, KeyboardInterrupt):
+                raise _rank_error(err, self.trainer.global_rank, self.run_dir, started) from err
+            raise
+
+    def _checkpoint_dir(self) -> Path | None:
+        callback = self.trainer.checkpoint_callback
+        dirpath = getattr(callback, "dirpath", None)
+        return Path(dirpath) if dirpath and "://" not in str(dirpath) else None
+
+
+def resolve_last_checkpoint(folder: Path) -> str:
+    """``--ckpt_path last``: the newest readable ``last*.ckpt`` in ``folder``, else the newest readable
+    checkpoint there (with a warning naming it and the unreadable ones); ``"last"`` (Lightning then
+    starts from scratch with a warning) if the folder holds no checkpoint at all."""
+    if not folder.is_dir():
+        return "last"  # nothing to resume: Lightning warns and starts from scratch
+    lasts = [p for p in folder.glob("*.ckpt") if p.stem == "last" or p.stem.startswith("last-v")]
+    chosen, skipped = newest_readable_checkpoint(folder, lasts)
+    if chosen is None:
+        chosen, more = newest_readable_checkpoint(folder, [p for p in folder.glob("*.ckpt") if p not in lasts])
+        skipped += more
+    if chosen is None:
+        if skipped:
+            raise RuntimeError(f"--ckpt_path last: no readable checkpoint in {folder} (skipped: {'; '.join(skipped)}). "
+                               "Delete the unreadable files to start from scratch, or pass --ckpt_path FILE.")
+        return "last"
+    if skipped:
+        warnings.warn(f"--ckpt_path last: skipped {'; '.join(skipped)}; resuming from {chosen}, "
+                      "the newest readable checkpoint")
+    return str(chosen)
+
+
+class _Created:
+    """Remembers which run folders exist before a fit, to remove only the empty ones it creates."""
+
+    KEEP_NOTHING_BUT = {"config.yaml", "hparams.yaml"}
+
+    def __init__(self, run_dir: Path | None, loggers: list[Any], ckpt_dir: Path | None) -> None:
+        self.roots = [Path(lg.root_dir) for lg in loggers if getattr(lg, "root_dir", None)]
+        self.before = {root: set(root.iterdir()) if root.is_dir() else None for root in self.roots}
+        self.folders = [p for p in (ckpt_dir, *self.roots, run_dir) if p is not None and not p.exists()]
+
+    def _only_metadata(self, folder: Path) -> bool:
+        return all(p.is_file() and (p.name in self.KEEP_NOTHING_BUT or p.name.startswith("events.out.tfevents."))
+                   for p in folder.iterdir())
+
+    def remove_if_empty(self) -> None:
+        for root, before in self.before.items():
+            if not root.is_dir():
+                continue
+            for version in set(root.iterdir()) - (before or set()):
+                if version.is_dir() and version.name.startswith("version_") and self._only_metadata(version):
+                    shutil.rmtree(version, ignore_errors=True)
+        for folder in self.folders:  # innermost first
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+
+
+def _is_connection_error(err: BaseException) -> bool:
+    text = str(err)
+    return (isinstance(err, getattr(torch.distributed, "DistError", ())) or "Connection reset by peer" in text
+            or "Connection closed by peer" in text or "gloo" in text.lower() or "NCCL" in text)
+
+
+def _rank_error(err: BaseException, rank: int, run_dir: Path | None, started: float) -> RuntimeError:
+    """Name the rank in a multi-process failure; a rank that lost its peers says which one died."""
+    here = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+    if not _is_connection_error(err):
+        if run_dir is not None:
+            try:
+                atomic_write_text(run_dir / f"rank-{rank}.error", here + "\n")
+            except OSError:
+                pass
+        return RuntimeError(f"rank {rank} failed: {here}")
+    dead = []
+    if run_dir is not None and run_dir.is_dir():
+        for p in sorted(run_dir.glob("rank-*.error")):
+            if p.stat().st_mtime >= started - 1 and p.name != f"rank-{rank}.error":
+                dead.append(f"{p.stem} failed first ({p.read_text().strip()}; saved in {p})")
+    which = "; ".join(dead) if dead else ("another rank died without an error message (killed, or out of memory?)")
+    logs = f"runs' logs are in {run_dir}/" if run_dir is not None else ""
+    return RuntimeError(
+        f"rank {rank} lost contact with the other ranks ({here[:200]}): {which}. Every rank's own error is "
+        f"printed above when the ranks share this terminal (Lightning's launcher, torchrun without --log-dir); "
+        f"under SLURM or torchrun --log-dir see that rank's log file. {logs}")
+
+
+def check_learning_rates(config: Namespace) -> None:
+    """Reject a negative or non-finite ``lr`` of any optimizer in the model config, naming its key."""
+    model = getattr(config, "model", None)
+    if not isinstance(model, Namespace):
+        return
+    for key, value in model.items():
+        if (key == "lr" or key.endswith(".lr")) and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if value < 0 or not math.isfinite(value):
+                raise ValueError(f"model.{key} = {value}: a learning rate must be a finite number >= 0 "
+                                 "(typical: 1e-4 to 1e-2)")
 
 
 def _fill_run_dir(components: Any, run_dir: str) -> None:
@@ -90,6 +241,15 @@ def main(args: list[str] | None = None) -> None:
     # `python -m` would; the console script's sys.path[0] is its bin/ folder instead.
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv[:1] == ["tune"]:  # Optuna sweeps over the same configs (experiments/tune.py)
+        from experiments.tune import main as tune
+
+        sys.exit(tune(argv[1:]))
+    problem = yaml_syntax_error(sys.argv[1:] if args is None else args)
+    if problem:
+        print(f"fusegen: error: {problem}", file=sys.stderr)
+        sys.exit(2)
     try:
         FusegenCLI(args=args)
     except KeyboardInterrupt:
@@ -102,6 +262,26 @@ def main(args: list[str] | None = None) -> None:
         print(f"  (raised at {frame.filename}:{frame.lineno}; set FUSEGEN_DEBUG=1 for the full traceback)",
               file=sys.stderr)
         sys.exit(1)
+
+
+def yaml_syntax_error(args: list[str]) -> str | None:
+    """``<file>:<line>:<col>: <problem>`` for the first ``--config`` file that is not valid YAML (the
+    parser would only say ``"<unicode string>"``)."""
+    files = [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
+    files += [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--config"]
+    for name in files:
+        path = Path(name)
+        if not path.is_file():
+            continue  # the parser reports missing files
+        try:
+            yaml.safe_load(path.read_text())
+        except yaml.MarkedYAMLError as err:
+            mark = err.problem_mark or err.context_mark
+            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+            return f"{where}: {err.problem or err.context} (YAML syntax)"
+        except yaml.YAMLError as err:
+            return f"{path}: {err} (YAML syntax)"
+    return None
 
 
 if __name__ == "__main__":
