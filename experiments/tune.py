@@ -221,8 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     storage = make_storage(url, args.heartbeat, args.grace_period)
     pruner = {"median": optuna.pruners.MedianPruner(n_warmup_steps=1),
               "hyperband": optuna.pruners.HyperbandPruner(), "none": optuna.pruners.NopPruner()}[space["pruner"]]
+    seed = None if args.seed is None else args.seed + args.worker_index
     study = optuna.create_study(study_name=args.study_name, storage=storage, direction=space["direction"],
-                                sampler=optuna.samplers.TPESampler(seed=None if args.seed is None else args.seed + args.worker_index), pruner=pruner, load_if_exists=True)
+                                sampler=optuna.samplers.TPESampler(seed=seed), pruner=pruner, load_if_exists=True)
     print(f"fusegen tune: study {args.study_name!r} in {redact(url)}; {args.workers} worker(s); "
           f"target {args.n_trials} finished trials", file=sys.stderr, flush=True)
 

@@ -62,8 +62,9 @@ def test_overrides_and_best_config_are_valid_cli_input() -> None:
               "trainer.max_epochs": 3}
     assert as_overrides(values) == ["--model.init_args.hidden_dims=[32, 16]",
                                     "--model.init_args.optimizer.init_args.lr=0.001", "--trainer.max_epochs=3"]
-    assert nested(values) == {"model": {"init_args": {"hidden_dims": [32, 16], "optimizer": {"init_args": {"lr": 0.001}}}},
-                              "trainer": {"max_epochs": 3}}
+    assert nested(values) == {
+        "model": {"init_args": {"hidden_dims": [32, 16], "optimizer": {"init_args": {"lr": 0.001}}}},
+        "trainer": {"max_epochs": 3}}
 
 
 def test_redact_hides_passwords() -> None:
