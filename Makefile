@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.fusegen-installed
 
-.PHONY: demo test test-slow bench venv clean
+.PHONY: demo test test-slow lint venv clean
 
 venv: $(STAMP)
 
@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev,text,bench]"
 	touch $(STAMP)
 
-demo: $(STAMP)   ## a real experiment per capability, a results table and pictures under runs/demo/
+demo: $(STAMP)   ## a short real experiment per capability, a results table and pictures under runs/demo/
 	$(PY) -m experiments.demo
 
 test: $(STAMP)   ## the default test suite (slow tests excluded)
@@ -22,6 +22,9 @@ test: $(STAMP)   ## the default test suite (slow tests excluded)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+lint: $(STAMP)   ## ruff (rules and line length in pyproject.toml)
+	$(PY) -m ruff check .
 
 clean:
 	rm -rf runs .pytest_cache

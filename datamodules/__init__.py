@@ -7,15 +7,21 @@ have are simply absent from the dict; a modality missing for *some* samples is m
 """
 
 from datamodules.base import collate
+from datamodules.cache import CacheRepairWarning
+from datamodules.download import DataUnavailable
 from datamodules.paths import cache_dir, default_data_root, resolve_data_root
+from datamodules.sources import ensure_datasets
 from datamodules.synthetic import SyntheticMultimodalDataModule
 
-__all__ = ["SyntheticMultimodalDataModule", "cache_dir", "collate", "default_data_root", "resolve_data_root"]
+__all__ = ["CacheRepairWarning", "DataUnavailable", "SyntheticMultimodalDataModule", "cache_dir", "collate",
+           "default_data_root", "ensure_datasets", "resolve_data_root"]
 
 from datamodules.avmnist import AVMNISTDataModule  # noqa: E402
 from datamodules.fsdd import FSDDDataModule  # noqa: E402
+from datamodules.hf import HFDataModule  # noqa: E402
 from datamodules.mnist import MNISTDataModule  # noqa: E402
 from datamodules.sst2 import SST2DataModule  # noqa: E402
 from datamodules.trimodal import TriModalDigitsDataModule  # noqa: E402
 
-__all__ += ["AVMNISTDataModule", "FSDDDataModule", "MNISTDataModule", "SST2DataModule", "TriModalDigitsDataModule"]
+__all__ += ["AVMNISTDataModule", "FSDDDataModule", "HFDataModule", "MNISTDataModule",
+            "SST2DataModule", "TriModalDigitsDataModule"]

@@ -21,8 +21,10 @@ The benchmark of CentralNet (Vielzeuf et al., 2018) and MultiBench (Liang et al.
   order, so each recording is used about equally often; deterministic from ``seed``.
 
 The expensive part is built once and cached as safetensors in ``cache_dir("avmnist", <hash of
-root, audio_length, skip_bad_files>)``: MNIST, the 3,000 clips and their spectrograms (each
-computed once, then indexed by every pair), plus one small PCA basis file per ``image_energy``.
+root, source-file stats, audio_length, skip_bad_files>)``: MNIST, the 3,000 clips and their
+spectrograms (each computed once, then indexed by every pair), plus one small PCA basis file per
+``image_energy``. Every cached file is verified against its manifest (size + sha256, written
+last) and rebuilt with a warning naming it when it does not match (``datamodules.cache``).
 Pairings depend on split and seed and take milliseconds, so they are recomputed at setup; a
 second run loads everything in one or two seconds. ``export_multibench(out_dir)`` writes
 MultiBench's ``.npy`` layout so its code can run on exactly the same data.
@@ -41,9 +43,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from datamodules.audio import AudioBank, SpectrogramFeatures
-from datamodules.base import BatchedDataset, RealDataModule, presence_masks
+from datamodules.base import DIGIT_NAMES, BatchedDataset, RealDataModule, presence_masks
+from datamodules.cache import load_or_build, problem, remove_old_temp_files, repair_warning, write_verified
 from datamodules.paths import cache_dir, resolve_data_root
-from datamodules.sources import load_mnist, read_fsdd
+from datamodules.sources import download_root, find_fsdd_folder, fsdd_folder, load_mnist, mnist_raw_folder, read_fsdd
 
 BUILD_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -122,22 +125,31 @@ def build_avmnist(root: str | None, *, audio_length: int, download: bool, skip_b
     return tensors, meta
 
 
+def source_folders(root: Path) -> list[Path | None]:
+    """The MNIST and FSDD folders a build reads (data root first, else the download root)."""
+    mnist = root / "MNIST" / "raw"
+    if not (mnist.is_dir() and any(mnist.iterdir())):
+        mnist = download_root() / "MNIST" / "raw"
+    return [mnist if mnist.is_dir() else None, find_fsdd_folder(root)]
+
+
 def source_fingerprint(root: Path) -> list:
-    """(name, size, mtime) summary of the MNIST and FSDD files (a stat per file: milliseconds)."""
+    """(folder, count, digest of (name, size, mtime)) of the MNIST and FSDD files: a stat per
+    file (milliseconds), so edited or replaced source data gives a new cache key."""
     out = []
-    for folder, pattern in ((root / "MNIST" / "raw", "*"), (root / "fsdd" / "recordings", "*.wav")):
+    for folder, pattern in zip(source_folders(root), ("*", "*.wav")):
         stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.glob(pattern))
-                 if p.is_file()] if folder.is_dir() else []
+                 if p.is_file() and not p.name.endswith(".manifest.json")] if folder is not None else []
         digest = hashlib.sha1(json.dumps(stats).encode()).hexdigest()[:12]
-        out.append([str(folder.relative_to(root)), len(stats), digest])
+        out.append([str(folder), len(stats), digest])
     return out
 
 
-def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    """Write to a temp name then rename: a concurrent reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, path)
+def _read_pca(path: Path) -> dict[str, torch.Tensor]:
+    pca = load_file(str(path))
+    if set(pca) != {"mean", "components"} or pca["mean"].shape != (784,) or pca["components"].shape[1:] != (784,):
+        raise ValueError(f"unexpected contents {({k: tuple(v.shape) for k, v in pca.items()})}")
+    return pca
 
 
 # ----------------------------------------------------------------------------------------------
@@ -204,6 +216,10 @@ class AVMNISTDataModule(RealDataModule):
     sample_rate = 8000
     modalities = ("image", "audio")
 
+    @property
+    def class_names(self) -> list[str]:
+        return list(DIGIT_NAMES)
+
     def __init__(
         self,
         root: str | None = None,
@@ -258,7 +274,9 @@ class AVMNISTDataModule(RealDataModule):
     @property
     def cache_folder(self) -> Path:
         hp = self.hparams
-        return Path(hp.cache_dir).expanduser() / self.build_key() if hp.cache_dir else cache_dir("avmnist", self.build_key())
+        if hp.cache_dir:
+            return Path(hp.cache_dir).expanduser() / self.build_key()
+        return cache_dir("avmnist", self.build_key())
 
     def prepare_data(self) -> None:
         """Build the arrays once (rank 0) so DDP ranks only load them."""
@@ -268,31 +286,46 @@ class AVMNISTDataModule(RealDataModule):
         if self.arrays:
             return
         hp = self.hparams
+        if hp.download:  # fetch first, so the cache key already sees the downloaded files
+            mnist_raw_folder(hp.root, download=True)
+            fsdd_folder(hp.root, download=True)
         folder = self.cache_folder
         folder.mkdir(parents=True, exist_ok=True)
+        remove_old_temp_files(folder)
         path, meta_path = folder / "arrays.safetensors", folder / "meta.json"
         start = time.perf_counter()
-        if path.is_file() and meta_path.is_file():
-            self.arrays, self.meta, self.cache_hit = load_file(str(path)), json.loads(meta_path.read_text()), True
-        else:
+        self.cache_hit = False
+        reasons = {p: problem(p) for p in (path, meta_path)}
+        if not any(reasons.values()):
+            try:
+                self.arrays, self.meta = load_file(str(path)), json.loads(meta_path.read_text())
+                if len(self.meta["rec_speaker"]) != len(self.arrays["rec_digit"]):
+                    raise ValueError("meta.json and arrays.safetensors disagree on the number of recordings")
+                self.cache_hit = True
+            except Exception as err:  # matches its manifest yet unreadable (e.g. from another version)
+                reasons[path] = f"unreadable ({type(err).__name__}: {err})"
+        if not self.cache_hit:
+            for p, reason in reasons.items():
+                if reason not in (None, "missing"):
+                    repair_warning(p, reason)
             self.arrays, self.meta = build_avmnist(hp.root, audio_length=hp.audio_length, download=hp.download,
                                                    skip_bad_files=hp.skip_bad_files)
-            _atomic_save(self.arrays, path)
-            tmp_meta = folder / f".meta.json.{os.getpid()}.tmp"
-            tmp_meta.write_text(json.dumps(self.meta))
-            os.replace(tmp_meta, meta_path)
-            self.cache_hit = False
+            write_verified(path, lambda tmp: save_file(self.arrays, str(tmp)))
+            write_verified(meta_path, lambda tmp: tmp.write_text(json.dumps(self.meta)))
         if hp.reduce_image:
-            self.pca = self._pca(folder / f"pca-{hp.image_energy:g}.safetensors")
+            self.pca = self._pca(folder / self.pca_file_name(hp.image_energy))
         self.cache_path, self.build_seconds = path, time.perf_counter() - start
 
+    @staticmethod
+    def pca_file_name(energy: float) -> str:
+        return f"pca-{float(energy)!r}.safetensors"  # repr: 0.25 and 0.2500001 never share a file
+
     def _pca(self, path: Path) -> dict[str, torch.Tensor]:
-        if path.is_file():
-            return load_file(str(path))
-        mean, components = fit_pca(self.arrays["train_images"][:NUM_TRAIN], self.hparams.image_energy)
-        pca = {"mean": mean, "components": components}
-        _atomic_save(pca, path)
-        return pca
+        def fit() -> dict[str, torch.Tensor]:
+            mean, components = fit_pca(self.arrays["train_images"][:NUM_TRAIN], self.hparams.image_energy)
+            return {"mean": mean, "components": components}
+
+        return load_or_build(path, _read_pca, fit, lambda pca, tmp: save_file(pca, str(tmp)))[0]
 
     def pairings(self) -> dict[str, torch.Tensor]:
         """Recording index paired with each image, per split (seeded; milliseconds to compute)."""
@@ -324,7 +357,8 @@ class AVMNISTDataModule(RealDataModule):
             return
         self._load_or_build()
         hp, a = self.hparams, self.arrays
-        self.bank = AudioBank(a["waveforms"].float(), a["spectrograms"].float(), hp.audio_format, hp.audio_noise, hp.seed)
+        self.bank = AudioBank(a["waveforms"].float(), a["spectrograms"].float(), hp.audio_format, hp.audio_noise,
+                              hp.seed)
         images, labels, pairs = self.images(), self.labels(), self.pairings()
         for code, s in enumerate(SPLITS):
             image, label, recording = images[s], labels[s], pairs[s]

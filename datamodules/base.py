@@ -14,6 +14,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+DIGIT_NAMES = tuple(str(d) for d in range(10))
+
 
 def _tree_map(fn: Callable[[torch.Tensor], Any], tree: Any) -> Any:
     if isinstance(tree, dict):
@@ -29,9 +31,10 @@ class Batch(dict):
 
     def __missing__(self, key: Any) -> Any:
         if isinstance(key, int):
-            raise KeyError(f"this is a whole batch gathered by fusegen's BatchedDataset, not a list of samples: "
-                           f"build the loader with `DataLoader(dataset, batch_size=..., collate_fn=datamodules.collate)` "
-                           f"or use the datamodule's train_dataloader()/val_dataloader()/test_dataloader()")
+            raise KeyError("this is a whole batch gathered by fusegen's BatchedDataset, not a list of samples: "
+                           "build the loader with "
+                           "`DataLoader(dataset, batch_size=..., collate_fn=datamodules.collate)` "
+                           "or use the datamodule's train_dataloader()/val_dataloader()/test_dataloader()")
         raise KeyError(key)
 
 
@@ -61,7 +64,17 @@ class BatchedDataset(Dataset):
 
 
 class RealDataModule(pl.LightningDataModule):
-    """Loader plumbing shared by the real-data modules: ``self.splits`` holds train/val/test."""
+    """Loader plumbing shared by the real-data modules: ``self.splits`` holds train/val/test.
+
+    Every subclass also tells other modules what it serves: ``num_classes``, ``class_names``
+    (``list[str]``, index = label) and ``modalities`` (the batch keys it provides)."""
+
+    num_classes: int
+    modalities: tuple[str, ...]
+
+    @property
+    def class_names(self) -> list[str]:
+        return [str(i) for i in range(self.num_classes)]
 
     def __init__(self) -> None:
         super().__init__()
@@ -93,7 +106,8 @@ class RealDataModule(pl.LightningDataModule):
         return self._loader("test", shuffle=False)
 
 
-def presence_masks(n: int, modalities: tuple[str, ...], missing_prob: float, seed: list[int]) -> dict[str, torch.Tensor]:
+def presence_masks(n: int, modalities: tuple[str, ...], missing_prob: float,
+                   seed: list[int]) -> dict[str, torch.Tensor]:
     """Per-sample presence of each modality: absent with probability ``missing_prob``, seeded,
     and never all absent (a sample with nothing left gets one modality back at random)."""
     import numpy as np

@@ -6,8 +6,11 @@ import numpy as np
 import torch
 
 from datamodules.audio import AudioBank
-from datamodules.base import BatchedDataset, RealDataModule
+from datamodules.base import DIGIT_NAMES, BatchedDataset, RealDataModule
 from datamodules.sources import read_fsdd
+
+FSDD_SPEAKERS = ("george", "jackson", "lucas", "nicolas", "theo", "yweweler")
+LABELS = ("digit", "speaker")
 
 
 class ClipSet(BatchedDataset):
@@ -52,17 +55,29 @@ class FSDDDataModule(RealDataModule):
         val_fraction: share of the non-test clips held out for validation (seeded).
         audio_noise: additive noise RMS relative to each clip's RMS.
         skip_bad_files: skip unreadable wavs with a warning instead of failing.
+        label: what ``batch["label"]`` is: ``"digit"`` (0-9) or ``"speaker"`` (index into
+            ``class_names``, the sorted speaker names; needs ``split: recording``, since the
+            speaker split holds a whole voice out of training).
     """
 
     num_classes = 10
     sample_rate = 8000
     modalities = ("audio",)
 
+    @property
+    def class_names(self) -> list[str]:
+        return list(DIGIT_NAMES) if self.hparams.label == "digit" else list(self.speakers)
+
     def __init__(self, root: str | None = None, split: str = "speaker", audio_format: str = "spectrogram",
                  batch_size: int = 64, num_workers: int = 0, seed: int = 0, val_fraction: float = 0.1,
                  audio_noise: float = 0.0, test_speaker: str = "yweweler", audio_length: int = 8000,
-                 download: bool = False, skip_bad_files: bool = False) -> None:
+                 download: bool = False, skip_bad_files: bool = False, label: str = "digit") -> None:
         super().__init__()
+        if label not in LABELS:
+            raise ValueError(f"label must be one of {list(LABELS)}, got {label!r}")
+        if label == "speaker" and split == "speaker":
+            raise ValueError("label: speaker needs split: recording -- split: speaker keeps every clip of "
+                             f"test_speaker {test_speaker!r} out of training, a class the model could never learn")
         if split not in ("speaker", "recording"):
             raise ValueError(f"split must be 'speaker' or 'recording', got {split!r}")
         if audio_format not in ("spectrogram", "waveform"):
@@ -71,6 +86,9 @@ class FSDDDataModule(RealDataModule):
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
         self.save_hyperparameters()
         self.paths: dict[str, list[str]] = {}
+        self.speakers: list[str] = list(FSDD_SPEAKERS)  # replaced by the speakers found at setup
+        if label == "speaker":
+            self.num_classes = len(self.speakers)
 
     def prepare_data(self) -> None:
         if self.hparams.download:
@@ -85,7 +103,13 @@ class FSDDDataModule(RealDataModule):
         rec = read_fsdd(hp.root, length=hp.audio_length, download=hp.download, skip_bad_files=hp.skip_bad_files)
         self.bank = AudioBank(rec.waveforms, None, hp.audio_format, hp.audio_noise, hp.seed)
         parts = fsdd_split(rec.speaker, rec.index, hp.split, hp.test_speaker, hp.val_fraction, hp.seed)
+        if hp.label == "speaker":
+            self.speakers = sorted(set(rec.speaker))
+            self.num_classes = len(self.speakers)
+            labels = torch.tensor([self.speakers.index(s) for s in rec.speaker], dtype=torch.long)
+        else:
+            labels = rec.digit
         for code, (s, idx) in enumerate(parts.items()):
             r = torch.from_numpy(idx)
-            self.splits[s] = ClipSet(r, rec.digit[r], self.bank, stream=code)
+            self.splits[s] = ClipSet(r, labels[r], self.bank, stream=code)
             self.paths[s] = [rec.paths[i] for i in idx]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from datamodules.base import BatchedDataset, RealDataModule
+from datamodules.base import DIGIT_NAMES, BatchedDataset, RealDataModule
 from datamodules.sources import load_mnist
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
@@ -44,6 +44,10 @@ class MNISTDataModule(RealDataModule):
 
     num_classes = 10
     modalities = ("image",)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(DIGIT_NAMES)
 
     def __init__(self, root: str | None = None, batch_size: int = 64, image_size: int = 28, normalize: str = "tanh",
                  val_size: int = 5000, num_workers: int = 0, download: bool = False,

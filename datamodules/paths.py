@@ -6,8 +6,10 @@ Data root resolution (first match wins):
   3. ``../shared/data`` next to the repository checkout (this project's machines keep the
      real datasets there), then ``./data``.
 
-The data root may be read-only, so anything derived (unzipped MNIST, built AV-MNIST arrays)
-goes to the cache dir: ``FUSEGEN_CACHE``, else ``~/.cache/fusegen``.
+The data root may be read-only, so anything derived (unzipped MNIST, built AV-MNIST arrays,
+token ids) goes to the cache dir: ``FUSEGEN_CACHE``, else ``~/.cache/fusegen``. Downloads land
+in ``<cache>/data`` in the data-root layout, and the readers look there after the data root
+(see ``datamodules.sources``).
 """
 
 from __future__ import annotations

@@ -1,36 +1,78 @@
-"""Readers for the raw datasets (MNIST .gz, FSDD wavs, SST-2 TSVs) with clear errors.
+"""Readers for the raw datasets (MNIST .gz, FSDD wavs, SST-2 TSVs), their downloads, clear errors.
 
-The data root may be read-only, so nothing is written there: MNIST's ``.gz`` files are linked
-into a writable cache folder where torchvision verifies their MD5 and gunzips them; downloads
-(only with ``download=True``) also land in the cache.
+Where a dataset is looked for, first match wins:
+
+1. the data root (``root`` / ``FUSEGEN_DATA`` / ``../shared/data``, see ``datamodules.paths``),
+   in its usual layout: ``MNIST/raw/*.gz``, ``fsdd/recordings/*.wav``, ``sst2/{train,dev}.tsv``;
+2. the download root ``$FUSEGEN_CACHE/data`` (same layout), filled by ``download=True``.
+
+Nothing is written into the data root (it may be read-only). Downloads are checksummed:
+MNIST's ``.gz`` against torchvision's MD5s, FSDD's 3,000 wavs and SST-2's TSVs against the
+sha256 sums of the files this project was checked on (``checksums/fsdd-v1.0.10.tsv``,
+``SST2_SHA256``). A downloaded folder carries a ``COMPLETE.json`` marker written last and is
+re-verified on use; a broken one is re-extracted from its archive (or re-downloaded).
+
+``ensure_datasets()`` is the one call a demo needs: it returns a data root on success and
+raises ``DataUnavailable`` (a ``FileNotFoundError``) naming the URLs and the fixes when offline.
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
+import gzip
+import json
 import os
 import re
-import sys
-import tempfile
+import shutil
+import tarfile
 import warnings
+import zipfile
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
+from datamodules.cache import CacheRepairWarning, load_or_build, sha256_file
+from datamodules.download import (
+    DataUnavailable,
+    DownloadCorrupt,
+    checksum_problem,
+    fetch,
+    publish_folder,
+    temp_folder_beside,
+)
 from datamodules.paths import HOW_TO_GET_DATA, cache_dir, resolve_data_root
 
+__all__ = ["DataUnavailable", "DownloadCorrupt", "download_root", "ensure_datasets", "load_mnist", "read_fsdd",
+           "read_sst2", "fsdd_folder", "sst2_folder", "mnist_raw_folder"]
+
 FSDD_URL = "https://github.com/Jakobovski/free-spoken-digit-dataset/archive/refs/tags/v1.0.10.tar.gz"
+FSDD_CHECKSUMS = Path(__file__).with_name("checksums") / "fsdd-v1.0.10.tsv"
 SST2_URL = "https://dl.fbaipublicfiles.com/glue/data/SST-2.zip"
+SST2_SHA256 = {
+    "train.tsv": "48eac26399f8456935f81dd9e3a745c1430adb6c62e233ccfe22db4a0d15d1d1",
+    "dev.tsv": "54a9c12c77e402fc14d6a66a506f24d999f596b0176eb777c972cccc2f9cc4b0",
+}
+# torchvision's mirrors and MD5s (torchvision.datasets.MNIST); None = read them from torchvision.
+MNIST_MIRRORS: list[str] | None = None
+MNIST_RESOURCES: list[tuple[str, str]] | None = None
 FSDD_NAME = re.compile(r"^(\d)_([A-Za-z]+)_(\d+)\.wav$")
+COMPLETE = "COMPLETE.json"
 
 
-def _missing_error(what: str, paths: list[Path]) -> FileNotFoundError:
+def download_root() -> Path:
+    """Where downloaded datasets live, in the data-root layout: ``$FUSEGEN_CACHE/data``."""
+    return cache_dir("data")
+
+
+def _missing_error(what: str, paths: list[Path], data_root: Path | None = None) -> DataUnavailable:
     listed = "\n  ".join(str(p) for p in paths)
-    return FileNotFoundError(
-        f"{what}: missing {len(paths)} path(s):\n  {listed}\n{HOW_TO_GET_DATA} "
+    gone = f"Data root {str(data_root)!r} does not exist. " if data_root is not None and not data_root.is_dir() else ""
+    return DataUnavailable(
+        f"{what}: missing {len(paths)} path(s):\n  {listed}\n{gone}{HOW_TO_GET_DATA} "
         "(i.e. set FUSEGEN_DATA, or `download: true` in the data config)."
     )
 
@@ -38,59 +80,226 @@ def _missing_error(what: str, paths: list[Path]) -> FileNotFoundError:
 # ----------------------------------------------------------------------------------------------
 # MNIST
 # ----------------------------------------------------------------------------------------------
+def mnist_sources() -> tuple[list[str], list[tuple[str, str]]]:
+    """(mirror URLs, [(file name, md5)]) as torchvision lists them."""
+    if MNIST_MIRRORS is not None and MNIST_RESOURCES is not None:
+        return list(MNIST_MIRRORS), list(MNIST_RESOURCES)
+    from torchvision.datasets import MNIST
+
+    return list(MNIST_MIRRORS or MNIST.mirrors), list(MNIST_RESOURCES or MNIST.resources)
+
+
+def _md5_ok(path: Path, md5: str) -> bool:
+    return checksum_problem(path, md5=md5) is None
+
+
+def mnist_raw_folder(root: str | os.PathLike | None = None, download: bool = False) -> Path:
+    """The folder holding MNIST's four MD5-verified ``.gz`` files (data root, else the download root)."""
+    mirrors, resources = mnist_sources()
+    data_root = resolve_data_root(root, must_exist=False)
+    raw = data_root / "MNIST" / "raw"
+    gz = [raw / name for name, _ in resources]
+    if all(p.is_file() for p in gz):
+        bad = [(p, md5) for p, (_, md5) in zip(gz, resources) if not _md5_ok(p, md5)]
+        if bad:
+            listed = "; ".join(f"{p} (expected MD5 {md5})" for p, md5 in bad)
+            raise ValueError(
+                f"MNIST file(s) corrupt (MD5 mismatch): {listed}. Replace them with the original "
+                f"files, point FUSEGEN_DATA at a good copy, or delete them and use `download: true`."
+            )
+        return raw
+    cached = download_root() / "MNIST" / "raw"
+    if all((cached / n).is_file() and _md5_ok(cached / n, md5) for n, md5 in resources):
+        return cached
+    if not download:
+        raise _missing_error(f"MNIST under data root {str(data_root)!r}", [p for p in gz if not p.is_file()], data_root)
+    for name, md5 in resources:
+        fetch([m + name for m in mirrors], cached / name, what=f"MNIST {name}", md5=md5,
+              layout="MNIST/raw/*.gz (torchvision layout)")
+    return cached
+
+
+def parse_idx(data: bytes, source: Path) -> torch.Tensor:
+    """An IDX file (MNIST's format) as a uint8 tensor; a size mismatch names ``source``."""
+    if len(data) < 8 or data[:2] != b"\x00\x00" or data[2] != 0x08:
+        raise ValueError(f"{source}: not an unsigned-byte IDX file (header {data[:4].hex()})")
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    offset = 4 + 4 * ndim
+    if len(data) - offset != int(np.prod(dims)):
+        raise ValueError(f"{source}: {len(data) - offset} bytes of data for shape {dims}")
+    return torch.from_numpy(np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(dims).copy())
+
+
 def load_mnist(root: str | os.PathLike | None = None, download: bool = False) -> dict[str, torch.Tensor]:
     """MNIST as uint8 tensors: ``train_images [60000,28,28]``, ``train_labels``, ``test_*``.
 
-    Read with ``torchvision.datasets.MNIST``. The ``.gz`` files under ``<root>/MNIST/raw`` are
-    MD5-checked here (a mismatch names the file), then linked into ``cache_dir("mnist")`` where
-    torchvision verifies and gunzips them, so a read-only root works.
-    """
-    from torchvision.datasets import MNIST
-    from torchvision.datasets.utils import check_integrity
-
-    data_root = resolve_data_root(root, must_exist=not download)
-    raw = data_root / "MNIST" / "raw"
-    plain = [raw / Path(name).stem for name, _ in MNIST.resources]
-    work = cache_dir("mnist")
-    if all(p.is_file() for p in plain):  # already gunzipped in the root (torchvision verifies nothing more)
-        tv_root = data_root
+    The ``.gz`` files are MD5-checked (a mismatch names the file) and gunzipped once into
+    ``cache_dir("mnist", "MNIST", "raw")`` as verified cache files (a truncated one is rebuilt
+    with a warning); files already gunzipped in the data root are read as they are."""
+    _, resources = mnist_sources()
+    names = [Path(n).stem for n, _ in resources]  # train-images-idx3-ubyte, ...
+    data_root = resolve_data_root(root, must_exist=False)
+    plain = [data_root / "MNIST" / "raw" / n for n in names]
+    if all(p.is_file() for p in plain):
+        arrays = [parse_idx(p.read_bytes(), p) for p in plain]
     else:
-        gz = [raw / name for name, _ in MNIST.resources]
-        missing = [p for p in gz if not p.is_file()]
-        if missing and not download:
-            raise _missing_error(f"MNIST under data root {str(data_root)!r}", missing)
-        if not missing:
-            bad = [(p, md5) for p, (_, md5) in zip(gz, MNIST.resources) if not check_integrity(str(p), md5)]
-            if bad:
-                listed = "; ".join(f"{p} (expected MD5 {md5})" for p, md5 in bad)
-                raise ValueError(
-                    f"MNIST file(s) corrupt (MD5 mismatch): {listed}. Replace them with the original "
-                    f"files, point FUSEGEN_DATA at a good copy, or delete them and use `download: true`."
-                )
-            _link_into(work / "MNIST" / "raw", gz)
-        tv_root = work
-    with contextlib.redirect_stdout(sys.stderr):  # torchvision prints progress; keep stdout clean
-        train = MNIST(str(tv_root), train=True, download=tv_root == work)
-        test = MNIST(str(tv_root), train=False, download=False)
-    return {"train_images": train.data, "train_labels": train.targets.long(),
-            "test_images": test.data, "test_labels": test.targets.long()}
+        raw = mnist_raw_folder(root, download)
+        work = cache_dir("mnist", "MNIST", "raw")
+        arrays = []
+        for (gz_name, _), name in zip(resources, names):
+            out = work / name
+
+            def read(path: Path) -> torch.Tensor:
+                return parse_idx(path.read_bytes(), path)
+
+            def build(src: Path = raw / gz_name, out: Path = out) -> torch.Tensor:
+                with gzip.open(src, "rb") as f:
+                    return parse_idx(f.read(), src)
+
+            arrays.append(load_or_build(out, read, build, save=_save_idx)[0])
+    by_name = dict(zip(names, arrays))
+    return {"train_images": by_name["train-images-idx3-ubyte"],
+            "train_labels": by_name["train-labels-idx1-ubyte"].long(),
+            "test_images": by_name["t10k-images-idx3-ubyte"],
+            "test_labels": by_name["t10k-labels-idx1-ubyte"].long()}
 
 
-def _link_into(folder: Path, files: list[Path]) -> None:
-    """Symlink (or copy) ``files`` into ``folder`` atomically, so concurrent builds do not race."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for src in files:
-        dst = folder / src.name
-        if dst.is_file() and dst.resolve() == src.resolve():
-            continue
-        tmp = Path(tempfile.mktemp(dir=folder, prefix=f".{src.name}."))
-        try:
-            os.symlink(src.resolve(), tmp)
-        except OSError:
-            import shutil
+def _save_idx(array: torch.Tensor, path: Path) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    path.write_bytes(header + array.numpy().tobytes())
 
-            shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
+
+# ----------------------------------------------------------------------------------------------
+# Archives (FSDD tarball, SST-2 zip): extract into a temp folder, verify every file, rename
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Archive:
+    name: str  # dataset folder under the download root ("fsdd", "sst2")
+    url: str
+    file_name: str  # the archive's name in cache_dir("downloads")
+    member: Callable[[str], str | None]  # archive member name -> path inside the dataset folder (or skip)
+    checksums: Callable[[], dict[str, tuple[int | None, str]]]  # path -> (bytes or None, sha256)
+    layout: str
+
+
+def _fsdd_member(name: str) -> str | None:
+    parts = name.split("/")
+    if len(parts) >= 2 and parts[-2] == "recordings" and FSDD_NAME.match(parts[-1]):
+        return f"recordings/{parts[-1]}"
+    return None
+
+
+def _sst2_member(name: str) -> str | None:
+    parts = name.split("/")
+    return parts[-1] if len(parts) == 2 and parts[0] == "SST-2" and parts[1].endswith(".tsv") else None
+
+
+@lru_cache(maxsize=4)
+def _read_checksum_table(path: str) -> dict[str, tuple[int | None, str]]:
+    with open(path, encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    return {r["path"]: (int(r["bytes"]), r["sha256"]) for r in rows}
+
+
+def fsdd_checksums() -> dict[str, tuple[int | None, str]]:
+    return _read_checksum_table(str(FSDD_CHECKSUMS))
+
+
+def sst2_checksums() -> dict[str, tuple[int | None, str]]:
+    return {name: (None, sha) for name, sha in SST2_SHA256.items()}
+
+
+def archives() -> dict[str, Archive]:
+    # Built on call so tests (and users behind a mirror) can monkeypatch the URL constants.
+    return {
+        "fsdd": Archive("fsdd", FSDD_URL, "free-spoken-digit-dataset-v1.0.10.tar.gz", _fsdd_member,
+                        fsdd_checksums, "fsdd/recordings/{digit}_{speaker}_{take}.wav"),
+        "sst2": Archive("sst2", SST2_URL, "SST-2.zip", _sst2_member, sst2_checksums,
+                        "sst2/train.tsv and sst2/dev.tsv (GLUE SST-2)"),
+    }
+
+
+def _file_problems(folder: Path, checksums: dict[str, tuple[int | None, str]], full_hash: bool) -> list[str]:
+    bad = []
+    for rel, (size, sha) in checksums.items():
+        p = folder / rel
+        if not p.is_file():
+            bad.append(f"{p} (missing)")
+        elif size is not None and p.stat().st_size != size:
+            bad.append(f"{p} ({p.stat().st_size:,} bytes, expected {size:,})")
+        elif full_hash and sha256_file(p) != sha:
+            bad.append(f"{p} (sha256 differs from the expected {sha[:12]}...)")
+    return bad
+
+
+def downloaded_problem(spec: Archive, full_hash: bool = True) -> str | None:
+    """Why the downloaded copy of ``spec`` cannot be used (None: complete and verified)."""
+    folder = download_root() / spec.name
+    if not folder.is_dir():
+        return "missing"
+    if not (folder / COMPLETE).is_file():
+        return f"{folder} has no {COMPLETE} marker (an extraction was interrupted)"
+    bad = _file_problems(folder, spec.checksums(), full_hash)
+    if bad:
+        return f"{bad[0]}" + (f" and {len(bad) - 1} more file(s)" if len(bad) > 1 else "")
+    return None
+
+
+def _extract(spec: Archive, archive: Path) -> Path:
+    """Extract the wanted members of ``archive`` into a temp folder, verify them all, rename."""
+    final = download_root() / spec.name
+    tmp = temp_folder_beside(final)
+    try:
+        def write(rel: str, data: bytes) -> None:
+            out = tmp / rel
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(data)
+
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as z:
+                for info in z.infolist():
+                    rel = spec.member(info.filename)
+                    if rel and not info.is_dir():
+                        write(rel, z.read(info))
+        else:
+            with tarfile.open(archive) as t:
+                for m in t:
+                    rel = spec.member(m.name) if m.isfile() else None
+                    if rel:
+                        write(rel, t.extractfile(m).read())
+        checksums = spec.checksums()
+        bad = [b.replace(str(tmp) + os.sep, "") for b in _file_problems(tmp, checksums, full_hash=True)]
+        if bad:
+            archive.unlink(missing_ok=True)  # a rerun downloads it again
+            shown = "\n  ".join(bad[:10]) + (f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else "")
+            raise DownloadCorrupt(
+                f"{spec.name}: the archive {archive} (from {spec.url}) does not hold the expected files; refused "
+                f"and deleted, nothing was kept:\n  {shown}\nRerun to download it again, or point FUSEGEN_DATA at "
+                f"a folder holding {spec.layout}."
+            )
+        (tmp / COMPLETE).write_text(json.dumps({"url": spec.url, "files": len(checksums)}))  # written last
+        return publish_folder(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def ensure_downloaded(spec: Archive, download: bool) -> Path | None:
+    """The verified download-root folder of ``spec``: reused, repaired from the archive, or
+    fetched (``download``); None when absent and not to be downloaded."""
+    reason = downloaded_problem(spec)
+    if reason is None:
+        return download_root() / spec.name
+    archive = cache_dir("downloads") / spec.file_name
+    if reason != "missing":
+        warnings.warn(f"downloaded {spec.name} is broken: {reason}; re-extracting it", CacheRepairWarning,
+                      stacklevel=3)
+    if not archive.is_file():
+        if not download:
+            return None
+        fetch([spec.url], archive, what=spec.name, layout=spec.layout)
+    return _extract(spec, archive)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -108,25 +317,25 @@ class Recordings:
     bad_files: list[str]
 
 
+def find_fsdd_folder(root: str | os.PathLike | None = None) -> Path | None:
+    """The wav folder in use, without verifying or downloading anything (for cache keys)."""
+    folder = resolve_data_root(root, must_exist=False) / "fsdd" / "recordings"
+    if folder.is_dir() and any(folder.glob("*.wav")):
+        return folder
+    dl = download_root() / "fsdd"
+    return dl / "recordings" if (dl / COMPLETE).is_file() else None
+
+
 def fsdd_folder(root: str | os.PathLike | None = None, download: bool = False) -> Path:
-    """The folder of FSDD wavs: ``<root>/fsdd/recordings`` (or a download in the cache)."""
-    data_root = resolve_data_root(root, must_exist=not download)
+    """The folder of FSDD wavs: ``<root>/fsdd/recordings``, else the verified download."""
+    data_root = resolve_data_root(root, must_exist=False)
     folder = data_root / "fsdd" / "recordings"
     if folder.is_dir() and any(folder.glob("*.wav")):
         return folder
-    cached = cache_dir("downloads", "fsdd")
-    found = sorted(cached.glob("*/recordings"))
-    if found and any(found[0].glob("*.wav")):
-        return found[0]
-    if download:
-        from torchvision.datasets.utils import download_and_extract_archive
-
-        with contextlib.redirect_stdout(sys.stderr):
-            download_and_extract_archive(FSDD_URL, download_root=str(cached))
-        found = sorted(cached.glob("*/recordings"))
-        if found:
-            return found[0]
-    raise _missing_error(f"FSDD recordings (*.wav) under data root {str(data_root)!r}", [folder])
+    found = ensure_downloaded(archives()["fsdd"], download)
+    if found is not None:
+        return found / "recordings"
+    raise _missing_error(f"FSDD recordings (*.wav) under data root {str(data_root)!r}", [folder], data_root)
 
 
 def list_fsdd(folder: Path) -> list[tuple[Path, int, str, int]]:
@@ -202,23 +411,17 @@ def read_fsdd(
 # SST-2
 # ----------------------------------------------------------------------------------------------
 def sst2_folder(root: str | os.PathLike | None = None, download: bool = False) -> Path:
-    data_root = resolve_data_root(root, must_exist=not download)
+    """The folder holding SST-2's ``train.tsv`` and ``dev.tsv``: the data root's, else the verified download."""
+    data_root = resolve_data_root(root, must_exist=False)
     folder = data_root / "sst2"
     need = ["train.tsv", "dev.tsv"]
     if all((folder / n).is_file() for n in need):
         return folder
-    cached = cache_dir("downloads", "sst2") / "SST-2"
-    if all((cached / n).is_file() for n in need):
-        return cached
-    if download:
-        from torchvision.datasets.utils import download_and_extract_archive
-
-        with contextlib.redirect_stdout(sys.stderr):
-            download_and_extract_archive(SST2_URL, download_root=str(cached.parent))
-        if all((cached / n).is_file() for n in need):
-            return cached
+    found = ensure_downloaded(archives()["sst2"], download)
+    if found is not None:
+        return found
     raise _missing_error(f"SST-2 under data root {str(data_root)!r}",
-                         [folder / n for n in need if not (folder / n).is_file()])
+                         [folder / n for n in need if not (folder / n).is_file()], data_root)
 
 
 def read_sst2(path: Path) -> tuple[list[str], np.ndarray]:
@@ -237,3 +440,31 @@ def read_sst2(path: Path) -> tuple[list[str], np.ndarray]:
             except (IndexError, ValueError) as err:
                 raise ValueError(f"{path}, line {line_no}: cannot parse {row!r} ({err})") from err
     return sentences, np.asarray(labels, dtype=np.int64)
+
+
+# ----------------------------------------------------------------------------------------------
+# All at once (the demo's entry point)
+# ----------------------------------------------------------------------------------------------
+DATASETS = ("mnist", "fsdd", "sst2")
+
+
+def ensure_datasets(root: str | os.PathLike | None = None, download: bool = True,
+                    datasets: tuple[str, ...] | list[str] = DATASETS) -> Path:
+    """Make sure ``datasets`` are readable, downloading what is missing (verified) when ``download``.
+
+    Returns the data root to pass to the datamodules (the datamodules also find the download
+    root on their own). Raises ``DataUnavailable`` -- a ``FileNotFoundError`` -- naming the URL
+    and the fixes when something is missing and cannot be fetched (offline)."""
+    unknown = set(datasets) - set(DATASETS)
+    if unknown:
+        raise ValueError(f"ensure_datasets: unknown dataset(s) {sorted(unknown)}; choose from {list(DATASETS)}")
+    data_root = resolve_data_root(root, must_exist=False)
+    where = {}
+    if "mnist" in datasets:
+        where["mnist"] = mnist_raw_folder(root, download).parents[1]
+    if "fsdd" in datasets:
+        where["fsdd"] = fsdd_folder(root, download).parents[1]
+    if "sst2" in datasets:
+        where["sst2"] = sst2_folder(root, download).parent
+    roots = set(where.values())
+    return roots.pop() if len(roots) == 1 else data_root

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from datamodules.base import BatchedDataset, RealDataModule
+from datamodules.cache import load_or_build
 from datamodules.paths import cache_dir
 from datamodules.sources import read_sst2, sst2_folder
 from datamodules.text import load_tokenizer, trim_batch
@@ -50,6 +52,10 @@ class SST2DataModule(RealDataModule):
     num_classes = 2
     modalities = ("text",)
 
+    @property
+    def class_names(self) -> list[str]:
+        return ["negative", "positive"]  # GLUE's label 0 / 1
+
     def __init__(self, root: str | None = None, tokenizer: str = "minilm", max_length: int = 64, batch_size: int = 64,
                  num_workers: int = 0, train_limit: int | None = None, download: bool = False) -> None:
         super().__init__()
@@ -62,20 +68,26 @@ class SST2DataModule(RealDataModule):
     def prepare_data(self) -> None:
         sst2_folder(self.hparams.root, download=self.hparams.download)
 
-    def _encode(self, path, sentences: list[str]) -> dict[str, torch.Tensor]:
-        """Tokenize once; later runs load the ids (tokenizing 67k sentences takes seconds)."""
+    def token_cache_file(self, path: str | os.PathLike, num_sentences: int) -> Path:
+        """Where the token ids of ``path`` live: keyed by the file (path, size, mtime), the
+        tokenizer, ``max_length`` and the number of sentences -- nothing else."""
         hp = self.hparams
         st = os.stat(path)
         key = hashlib.sha1(f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{hp.tokenizer}|{hp.max_length}|"
-                           f"{len(sentences)}".encode()).hexdigest()[:16]
-        file = cache_dir("sst2") / f"{key}.safetensors"
-        if file.is_file():
-            return load_file(str(file))
-        enc = self.tokenizer(sentences, hp.max_length)
-        tmp = file.with_suffix(f".{os.getpid()}.tmp")
-        save_file(enc, str(tmp))
-        os.replace(tmp, file)
-        return enc
+                           f"{num_sentences}".encode()).hexdigest()[:16]
+        return cache_dir("sst2") / f"{key}.safetensors"
+
+    def _encode(self, path, sentences: list[str]) -> dict[str, torch.Tensor]:
+        """Tokenize once; later runs load the ids (tokenizing 67k sentences takes seconds)."""
+        def read(file: Path) -> dict[str, torch.Tensor]:
+            enc = load_file(str(file))
+            if set(enc) != {"input_ids", "attention_mask"} or len(enc["input_ids"]) != len(sentences):
+                raise ValueError(f"holds {({k: tuple(v.shape) for k, v in enc.items()})}, not {len(sentences)} rows")
+            return enc
+
+        return load_or_build(self.token_cache_file(path, len(sentences)), read,
+                             lambda: self.tokenizer(sentences, self.hparams.max_length),
+                             lambda enc, tmp: save_file(enc, str(tmp)))[0]
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:

@@ -114,6 +114,7 @@ class SyntheticMultimodalDataModule(RealDataModule):
     num_classes = 10
     vocab_size = 64
     sample_rate = 8000
+    modalities = MODALITIES  # class_names: "0" ... "9" (RealDataModule)
 
     def __init__(
         self,
@@ -136,7 +137,8 @@ class SyntheticMultimodalDataModule(RealDataModule):
         if self.splits:
             return
         hp = self.hparams
-        kw = dict(image_noise=hp.image_noise, image_distractor=hp.image_distractor, audio_noise=hp.audio_noise, text_keep_prob=hp.text_keep_prob,
+        kw = dict(image_noise=hp.image_noise, image_distractor=hp.image_distractor, audio_noise=hp.audio_noise,
+                  text_keep_prob=hp.text_keep_prob,
                   missing_prob=hp.missing_prob, vocab_size=self.vocab_size, sample_rate=self.sample_rate)
         for offset, (split, n) in enumerate(
             [("train", hp.num_train), ("val", hp.num_val), ("test", hp.num_test)]

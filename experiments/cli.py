@@ -139,19 +139,32 @@ def resolve_last_checkpoint(folder: Path) -> str:
     if not folder.is_dir():
         return "last"  # nothing to resume: Lightning warns and starts from scratch
     lasts = [p for p in folder.glob("*.ckpt") if p.stem == "last" or p.stem.startswith("last-v")]
-    chosen, skipped = newest_readable_checkpoint(folder, lasts)
+    chosen, unreadable = newest_readable_checkpoint(folder, lasts)
     if chosen is None:
         chosen, more = newest_readable_checkpoint(folder, [p for p in folder.glob("*.ckpt") if p not in lasts])
-        skipped += more
+        unreadable += more
+    skipped = [f"{p.name} ({why})" for p, why in unreadable]
     if chosen is None:
         if skipped:
             raise RuntimeError(f"--ckpt_path last: no readable checkpoint in {folder} (skipped: {'; '.join(skipped)}). "
                                "Delete the unreadable files to start from scratch, or pass --ckpt_path FILE.")
         return "last"
     if skipped:
+        moved = ""
+        if _is_first_process():
+            # Set aside so this run's ModelCheckpoint writes last.ckpt again (not last-v1.ckpt).
+            for path, _ in unreadable:
+                if path.is_file() and path.stat().st_mtime > chosen.stat().st_mtime:
+                    path.replace(path.with_name(path.name + ".unreadable"))
+            moved = " (unreadable files renamed to *.unreadable)"
         warnings.warn(f"--ckpt_path last: skipped {'; '.join(skipped)}; resuming from {chosen}, "
-                      "the newest readable checkpoint")
+                      f"the newest readable checkpoint{moved}")
     return str(chosen)
+
+
+def _is_first_process() -> bool:
+    """True on the launching process (before the Trainer knows its rank): rank 0 of node 0."""
+    return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
 
 
 class _Created:
@@ -162,7 +175,8 @@ class _Created:
     def __init__(self, run_dir: Path | None, loggers: list[Any], ckpt_dir: Path | None) -> None:
         self.roots = [Path(lg.root_dir) for lg in loggers if getattr(lg, "root_dir", None)]
         self.before = {root: set(root.iterdir()) if root.is_dir() else None for root in self.roots}
-        self.folders = [p for p in (ckpt_dir, *self.roots, run_dir) if p is not None and not p.exists()]
+        above = [run_dir, *run_dir.parents] if run_dir is not None else []  # runs/ itself may be new too
+        self.folders = [p for p in (ckpt_dir, *self.roots, *above) if p is not None and not p.exists()]
 
     def _only_metadata(self, folder: Path) -> bool:
         return all(p.is_file() and (p.name in self.KEEP_NOTHING_BUT or p.name.startswith("events.out.tfevents."))

@@ -13,7 +13,10 @@ from fusion.encoders import (
     LeNetImageEncoder,
     LogMel,
     MelCNNAudioEncoder,
+    PretrainedAudioEncoder,
+    RNNEncoder,
     SmallCNNImageEncoder,
+    SpecAugment,
     TextEncoder,
     TransformerTextEncoder,
     Wav2Vec2AudioEncoder,
@@ -23,10 +26,13 @@ from fusion.heads import (
     ConcatFusion,
     GatedFusion,
     LowRankTensorFusion,
+    MeanFusion,
     TensorFusion,
     masked_mean,
 )
 from fusion.module import FusionClassifier, UnimodalClassifier
+from fusion.prediction import PredictionWriter
+from fusion.pretrained import WeightsUnavailableError, from_pretrained, save_pretrained
 
 __all__ = [
     "AttentionFusion",
@@ -41,12 +47,20 @@ __all__ = [
     "LeNetImageEncoder",
     "LogMel",
     "LowRankTensorFusion",
+    "MeanFusion",
     "MelCNNAudioEncoder",
+    "PretrainedAudioEncoder",
+    "RNNEncoder",
+    "PredictionWriter",
     "SmallCNNImageEncoder",
+    "SpecAugment",
     "TensorFusion",
     "TextEncoder",
     "TransformerTextEncoder",
     "UnimodalClassifier",
     "Wav2Vec2AudioEncoder",
+    "WeightsUnavailableError",
+    "from_pretrained",
     "masked_mean",
+    "save_pretrained",
 ]

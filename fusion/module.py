@@ -6,20 +6,27 @@
 
 from __future__ import annotations
 
+import inspect
+import os
+import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import pytorch_lightning as pl
 import torch
 import torchmetrics
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
-from pytorch_lightning.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import nn
 
+from fusion.artifacts import save_figure
 from fusion.encoders import Encoder
 from fusion.heads import ConcatFusion, pooled_features
+from fusion.pretrained import from_pretrained, save_pretrained
 
 FusionHeadFactory = Callable[[dict[str, int]], nn.Module]
+
+# Batch keys that describe a sample rather than carry a modality.
+NON_MODALITY_KEYS = frozenset({"label", "present", "id", "index"})
 
 
 def token_mask_of(raw: object, tokens: torch.Tensor) -> torch.Tensor | None:
@@ -42,6 +49,22 @@ def _batch_size(batch: dict) -> int:
         v.shape[0] for v in batch.values() if isinstance(v, torch.Tensor))
 
 
+def _is_plain_data(value: Any) -> bool:
+    """True for what a config is made of (numbers, strings, lists and dicts of them)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_is_plain_data(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_plain_data(v) for k, v in value.items())
+    return False
+
+
+def _check_range(key: str, value: Any, ok: bool, allowed: str) -> None:
+    if not ok:
+        raise ValueError(f"model.init_args.{key} = {value!r} is out of range: it must be {allowed}")
+
+
 def mlp(in_dim: int, hidden_dims: list[int], out_dim: int, dropout: float) -> nn.Sequential:
     """Dropout-Linear(-ReLU) stack; ``hidden_dims=[]`` is a linear classifier."""
     layers: list[nn.Module] = []
@@ -51,6 +74,32 @@ def mlp(in_dim: int, hidden_dims: list[int], out_dim: int, dropout: float) -> nn
     return nn.Sequential(*layers, nn.Dropout(dropout), nn.Linear(in_dim, out_dim))
 
 
+def fusion_loss(
+    logits: torch.Tensor,
+    label: torch.Tensor,
+    unimodal_logits: dict[str, torch.Tensor],
+    present: dict[str, torch.Tensor],
+    unimodal_loss_weight: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``L = CE(logits, y) + w * sum_m CE(unimodal_logits[m][present_m], y[present_m])``.
+
+    Each auxiliary term is the mean cross-entropy over the samples where modality ``m`` is
+    present only (an absent modality has nothing to classify). A modality absent from the whole
+    batch adds ``0 * logits.sum()``: no loss, but a (zero) gradient, so DDP still sees every
+    parameter used. Returns the total and the auxiliary terms that were computed (for logging).
+    """
+    loss = nn.functional.cross_entropy(logits, label)
+    terms: dict[str, torch.Tensor] = {}
+    for m, z in unimodal_logits.items():
+        keep = present[m]
+        if not keep.any():
+            loss = loss + 0.0 * z.sum()
+            continue
+        terms[m] = nn.functional.cross_entropy(z[keep], label[keep])
+        loss = loss + unimodal_loss_weight * terms[m]
+    return loss, terms
+
+
 class FusionClassifier(pl.LightningModule):
     """Encoders per modality -> fusion head -> classifier.
 
@@ -58,12 +107,12 @@ class FusionClassifier(pl.LightningModule):
         encoders: modality name -> encoder (``nn.Module`` returning ``[B, T, D]`` with ``out_dim``).
         fusion: a fusion head class configured without ``in_dims`` (``class_path`` + options in a
             config), or an already built head.
-        num_classes: number of labels.
+        num_classes: number of labels (>= 2).
         hidden_dims: hidden widths of the MLP classifier on the fused vector (``[]``: linear).
-        dropout: dropout before each classifier layer.
-        modality_dropout: per-sample probability of hiding each modality in training (at least one
-            stays), so the model learns to cope when one is missing at test time.
-        drop_at_test: modalities marked absent in test/predict (robustness evaluation).
+        dropout: dropout before each classifier layer, in [0, 1).
+        modality_dropout: per-sample probability, in [0, 1), of hiding each modality in training
+            (at least one stays), so the model learns to cope when one is missing at test time.
+        drop_at_test: modalities marked absent in validation/test/predict (robustness evaluation).
         unimodal_loss_weight: weight of auxiliary per-modality classification losses in training
             (a linear head on each encoder's pooled tokens, on the samples where that modality is
             present; the heads are not used for prediction). Joint training lets the easier
@@ -76,6 +125,8 @@ class FusionClassifier(pl.LightningModule):
             ``get_cosine_schedule_with_warmup``, stepped per batch). The length comes from the
             Trainer (``estimated_stepping_batches``), so it follows ``max_epochs``/``max_steps``
             overrides without editing the config.
+        strict_modalities: a modality the data provides but no encoder uses is an error at fit
+            start instead of a warning.
     """
 
     def __init__(
@@ -92,17 +143,27 @@ class FusionClassifier(pl.LightningModule):
         cosine_schedule: bool = False,
         warmup_fraction: float = 0.0,
         unimodal_loss_weight: float = 0.0,
+        strict_modalities: bool = False,
     ) -> None:
         super().__init__()
-        if unimodal_loss_weight < 0:
-            raise ValueError(f"model.init_args.unimodal_loss_weight must be >= 0, got {unimodal_loss_weight}")
+        hidden_dims = list(hidden_dims or [])
+        drop_at_test = list(drop_at_test or [])
+        _check_range("num_classes", num_classes, isinstance(num_classes, int) and num_classes >= 2, "an integer >= 2")
+        _check_range("hidden_dims", hidden_dims, all(isinstance(h, int) and h > 0 for h in hidden_dims),
+                     "a list of positive integers")
+        _check_range("dropout", dropout, 0.0 <= dropout < 1.0, "in [0, 1)")
+        _check_range("modality_dropout", modality_dropout, 0.0 <= modality_dropout < 1.0, "in [0, 1)")
+        _check_range("warmup_fraction", warmup_fraction, 0.0 <= warmup_fraction < 1.0, "in [0, 1)")
+        _check_range("unimodal_loss_weight", unimodal_loss_weight, unimodal_loss_weight >= 0, ">= 0")
+        if not encoders:
+            raise ValueError("model.init_args.encoders is empty: give at least one modality -> encoder")
+        unknown = sorted(set(drop_at_test) - set(encoders))
+        if unknown:
+            raise ValueError(f"model.init_args.drop_at_test = {drop_at_test} names {unknown}, which the model has no "
+                             f"encoder for; its modalities are {sorted(encoders)}")
         if cosine_schedule and lr_scheduler is not None:
             raise ValueError("model.init_args: set either lr_scheduler or cosine_schedule: true, not both")
-        if not 0.0 <= warmup_fraction < 1.0:
-            raise ValueError(f"model.init_args.warmup_fraction must be in [0, 1), got {warmup_fraction}")
-        # Through the CLI the hyperparameters are the config (class paths + init args), so
-        # `load_from_checkpoint` can rebuild encoders and head; built modules are not stored.
-        self.save_hyperparameters(ignore=[] if _given_hyperparameters.get() is not None else ["encoders", "encoder", "fusion"])
+        self._save_config_hyperparameters(inspect.currentframe())
         self.encoders = nn.ModuleDict(encoders)
         for m, enc in self.encoders.items():
             if not hasattr(enc, "out_dim"):
@@ -110,12 +171,14 @@ class FusionClassifier(pl.LightningModule):
                                 "return [B, T, D] and set out_dim = D (see fusion/encoders.py)")
         in_dims = {m: enc.out_dim for m, enc in self.encoders.items()}
         self.fusion = fusion if isinstance(fusion, nn.Module) else fusion(in_dims)
-        self.classifier = mlp(self.fusion.out_dim, list(hidden_dims or []), num_classes, dropout)
+        self.num_classes = num_classes
+        self.classifier = mlp(self.fusion.out_dim, hidden_dims, num_classes, dropout)
         self.unimodal_loss_weight = unimodal_loss_weight
         self.unimodal_heads = nn.ModuleDict({m: nn.Linear(d, num_classes) for m, d in in_dims.items()}
                                             if unimodal_loss_weight > 0 else {})
         self.modality_dropout = modality_dropout
-        self.drop_at_test = list(drop_at_test or [])
+        self.drop_at_test = drop_at_test
+        self.strict_modalities = strict_modalities
         self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
         self.cosine_schedule, self.warmup_fraction = cosine_schedule, warmup_fraction
         metrics = torchmetrics.MetricCollection({
@@ -126,6 +189,90 @@ class FusionClassifier(pl.LightningModule):
         self.test_metrics = metrics.clone(prefix="test/")
         self.test_confusion = torchmetrics.classification.MulticlassConfusionMatrix(num_classes)
         self.confusion_png: Path | None = None
+        self._pending_batch_checks: set[str] = set()
+
+    def _save_config_hyperparameters(self, frame: Any) -> None:
+        """Keep the hyperparameters that are plain data and arguments of this class, drop built objects.
+
+        Through ``fusegen``/LightningCLI, ``save_hyperparameters`` receives the parsed config (class
+        paths + init args, all plain data), so ``load_from_checkpoint(path)`` rebuilds encoders and
+        head from the checkpoint alone. Built in Python, the same arguments are modules, classes and
+        callables: they must not be pickled into the checkpoint (it loads with
+        ``weights_only=True``, and their weights are in the state dict anyway); such a model is
+        reloaded by passing them again, ``load_from_checkpoint(path, encoders=..., fusion=...)``,
+        or saved config-free with ``save_pretrained``. Deciding on the values themselves keeps to
+        the public ``save_hyperparameters``/``hparams`` API. Arguments of a base class that a
+        subclass fixes (``UnimodalClassifier`` has no ``fusion``) are dropped too.
+        """
+        with warnings.catch_warnings():  # the built modules are dropped right below
+            warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`")
+            self.save_hyperparameters(frame=frame)
+        accepted = inspect.signature(type(self).__init__).parameters
+        for key in [k for k, v in self.hparams.items()
+                    if not k.startswith("_") and (k not in accepted or not _is_plain_data(v))]:
+            del self.hparams[key]
+
+    # ------------------------------------------------------------------ config-free save / load
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write ``config.json`` (encoders, head and options as class paths + init args) and
+        ``model.safetensors`` into ``directory``; ``from_pretrained`` rebuilds the model from them
+        alone, with no training config and nothing unpickled (see ``fusion.pretrained``)."""
+        return save_pretrained(self, directory)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, **overrides: Any) -> "FusionClassifier":
+        """The model saved by ``save_pretrained``, in eval mode (``overrides`` replace init args)."""
+        return from_pretrained(directory, expected=cls, **overrides)
+
+    # ------------------------------------------------------------------ checks before training
+    def setup(self, stage: str) -> None:
+        """Compare the model with the data before any step: labels beyond ``num_classes`` and
+        modalities without an encoder. Uses the datamodule's ``num_classes``/``modalities`` when it
+        has them, else the first batch (see ``_check_batch``)."""
+        datamodule = self.trainer.datamodule
+        self._pending_batch_checks = {"labels"}
+        data_classes = getattr(datamodule, "num_classes", None)
+        if isinstance(data_classes, int):
+            if data_classes > self.num_classes:
+                raise ValueError(
+                    f"model.init_args.num_classes = {self.num_classes} is smaller than the datamodule's "
+                    f"num_classes = {data_classes} ({type(datamodule).__name__}); set "
+                    f"model.init_args.num_classes to {data_classes}")
+            self._pending_batch_checks.discard("labels")
+        if stage != "fit":
+            return
+        modalities = getattr(datamodule, "modalities", None)
+        if modalities is None:
+            self._pending_batch_checks.add("modalities")
+        else:
+            self._check_modalities(set(modalities), f"{type(datamodule).__name__}.modalities")
+
+    def _check_modalities(self, provided: set[str], source: str) -> None:
+        missing = sorted(set(self.encoders) - provided)
+        if missing:
+            raise ValueError(f"the model has encoders for {missing} but the data provides only {sorted(provided)} "
+                             f"({source}); remove model.init_args.encoders.{missing[0]} or use a datamodule with it")
+        unused = sorted(provided - set(self.encoders))
+        if unused:
+            message = (f"the data provides {unused} ({source}) but no encoder in model.init_args.encoders uses "
+                       f"them: the model trains on {sorted(self.encoders)} only")
+            if self.strict_modalities:
+                raise ValueError(f"{message} (model.init_args.strict_modalities is true)")
+            warnings.warn(f"{message}; set model.init_args.strict_modalities: true to make this an error",
+                          UserWarning, stacklevel=2)
+
+    def _check_batch(self, batch: dict) -> None:
+        """The checks ``setup`` could not do from the datamodule, on the first batch seen."""
+        if "labels" in self._pending_batch_checks and "label" in batch and len(batch["label"]):
+            top = int(batch["label"].max())
+            if top >= self.num_classes or int(batch["label"].min()) < 0:
+                raise ValueError(f"model.init_args.num_classes = {self.num_classes} but the data has label {top} "
+                                 f"(labels must be in [0, num_classes)); set model.init_args.num_classes to at "
+                                 f"least {top + 1}, the datamodule's number of classes")
+        if "modalities" in self._pending_batch_checks:
+            provided = set(batch) - NON_MODALITY_KEYS | set(batch.get("present") or {})
+            self._check_modalities(provided, "the keys of the first batch")
+        self._pending_batch_checks.clear()
 
     # ------------------------------------------------------------------ forward
     def presence(self, batch: dict) -> dict[str, torch.Tensor]:
@@ -178,30 +325,37 @@ class FusionClassifier(pl.LightningModule):
     def forward(self, batch: dict) -> torch.Tensor:
         return self.forward_with_features(batch)[0]
 
+    def embed(self, batch: dict) -> torch.Tensor:
+        """The fused vector ``[B, fusion.out_dim]`` the classifier sees (for probes and retrieval)."""
+        present = self.presence(batch)
+        features, token_masks = self.encode(batch, present)
+        return self.fusion(features, present=present, token_mask=token_masks)
+
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        if self._pending_batch_checks:
+            self._check_batch(batch)
         label = batch["label"]
         logits, present, features, token_masks = self.forward_with_features(batch)
-        loss = nn.functional.cross_entropy(logits, label)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(label))
+        unimodal_logits = {}
         if self.unimodal_heads:
             pooled = pooled_features(features, list(self.unimodal_heads), present, token_masks)
-            for (m, head), z in zip(self.unimodal_heads.items(), pooled):
-                keep = present[m]
-                if not keep.any():  # a zero-weight use, so DDP still sees a gradient for the head
-                    loss = loss + 0.0 * head(z).sum()
-                    continue
-                aux = nn.functional.cross_entropy(head(z[keep]), label[keep])
-                self.log(f"train/loss_{m}", aux, batch_size=int(keep.sum()))
-                loss = loss + self.unimodal_loss_weight * aux
+            unimodal_logits = {m: head(z) for (m, head), z in zip(self.unimodal_heads.items(), pooled)}
+        loss, terms = fusion_loss(logits, label, unimodal_logits, present, self.unimodal_loss_weight)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(label))
+        for m, aux in terms.items():
+            self.log(f"train/loss_{m}", aux, batch_size=int(present[m].sum()))
         return loss
 
     def _eval_step(self, batch: dict, metrics: torchmetrics.MetricCollection, stage: str) -> torch.Tensor:
+        if self._pending_batch_checks:
+            self._check_batch(batch)
         logits = self(batch)
         loss = nn.functional.cross_entropy(logits, batch["label"])
         metrics.update(logits, batch["label"])
-        self.log(f"{stage}/loss", loss, batch_size=len(batch["label"]))
-        self.log_dict(metrics, prog_bar=(stage == "val"), batch_size=len(batch["label"]))
+        # sync_dist: under DDP each rank sees a shard; the logged loss is the mean over all of them.
+        self.log(f"{stage}/loss", loss, batch_size=len(batch["label"]), sync_dist=True)
+        self.log_dict(metrics, prog_bar=(stage == "val"), batch_size=len(batch["label"]), sync_dist=True)
         return logits
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -215,36 +369,35 @@ class FusionClassifier(pl.LightningModule):
         self.confusion_png = self._save_confusion_matrix()
         self.test_confusion.reset()
 
-    def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return self(batch).argmax(dim=-1)
+    def predict_step(self, batch: dict, batch_idx: int) -> dict[str, Any]:
+        """Class probabilities per input, with the batch's ``id``/``index`` and ``label`` when it
+        has them: what ``fusion.prediction.PredictionWriter`` writes to ``predictions.csv``."""
+        out: dict[str, Any] = {"probs": self(batch).float().softmax(dim=-1).cpu()}
+        for key in ("id", "index", "label"):
+            if key in batch:
+                value = batch[key]
+                out[key] = value.cpu() if isinstance(value, torch.Tensor) else list(value)
+        return out
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        from fusion.prediction import PredictionWriter
+
+        return [PredictionWriter()]
 
     # ------------------------------------------------------------------ pictures
-    def run_dir(self) -> Path:
-        """The experiment's run folder (where the loggers write), ``runs/<experiment>/`` via the CLI."""
-        for logger in self.trainer.loggers:
-            if getattr(logger, "save_dir", None):
-                return Path(logger.save_dir)
-        return Path(self.trainer.default_root_dir)
-
     def _save_confusion_matrix(self) -> Path | None:
-        if self.trainer.sanity_checking or not self.trainer.is_global_zero:
+        """``<run_dir>/pictures/confusion_matrix[_no-<m>...].png`` (see fusion.artifacts)."""
+        if self.trainer.sanity_checking:
             return None
         import matplotlib
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = self.test_confusion.plot()
+        names = getattr(self.trainer.datamodule, "class_names", None)
+        labels = [str(n) for n in names] if names and len(names) == self.num_classes else None
+        fig, ax = self.test_confusion.plot(labels=labels)
         suffix = "".join(f"_no-{m}" for m in self.drop_at_test)
         ax.set_title(f"test confusion matrix{suffix.replace('_', ' ')}")
-        path = self.run_dir() / f"confusion_matrix{suffix}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=100, bbox_inches="tight")
-        for logger in self.trainer.loggers:
-            if isinstance(logger, pl.loggers.TensorBoardLogger):
-                logger.experiment.add_figure(f"test/confusion_matrix{suffix}", fig, self.global_step)
-        plt.close(fig)
-        return path
+        return save_figure(self.trainer, f"confusion_matrix{suffix}", fig)
 
     # ------------------------------------------------------------------ optimisation
     def optimizer_and_cosine_schedule(self, total_steps: int):
@@ -253,7 +406,8 @@ class FusionClassifier(pl.LightningModule):
         from transformers import get_cosine_schedule_with_warmup
 
         optimizer = self.optimizer([p for p in self.parameters() if p.requires_grad])
-        return optimizer, get_cosine_schedule_with_warmup(optimizer, int(self.warmup_fraction * total_steps), total_steps)
+        warmup_steps = int(self.warmup_fraction * total_steps)
+        return optimizer, get_cosine_schedule_with_warmup(optimizer, warmup_steps, total_steps)
 
     def configure_optimizers(self):
         if self.cosine_schedule:
@@ -269,8 +423,8 @@ class FusionClassifier(pl.LightningModule):
 class UnimodalClassifier(FusionClassifier):
     """Baseline on one modality: the same encoders and classifier, ``ConcatFusion`` of one input.
 
-    Other modalities in the batch are ignored, so it trains on the very same datamodule as the
-    fusion models it is compared with.
+    Other modalities in the batch are ignored (no unused-modality warning), so it trains on the
+    very same datamodule as the fusion models it is compared with.
     """
 
     def __init__(
@@ -289,3 +443,12 @@ class UnimodalClassifier(FusionClassifier):
                          optimizer=optimizer, lr_scheduler=lr_scheduler, cosine_schedule=cosine_schedule,
                          warmup_fraction=warmup_fraction)
         self.modality = modality
+
+    @property
+    def encoder(self) -> nn.Module:
+        """The one encoder (``encoders[modality]``)."""
+        return self.encoders[self.modality]
+
+    def _check_modalities(self, provided: set[str], source: str) -> None:
+        if self.modality not in provided:
+            super()._check_modalities(provided, source)  # the "data lacks it" error

@@ -1,50 +1,57 @@
-"""Condition vectors from fusion encoders: frozen, mean-pooled, loaded from a fusion checkpoint.
+"""Condition vectors from fusion encoders: weights from a fusion checkpoint, pooled to unit norm.
 
 Speech-to-digit conditions the GAN on a spoken digit: the audio encoder of an audio-only
-``fusion.FusionClassifier`` (trained on AV-MNIST's FSDD recordings) embeds the recording, and
-the generator draws the digit. ``encoder_checkpoint`` names that classifier's checkpoint;
-``"auto"`` trains one on the GAN's own datamodule once and caches it under
-``datamodules.paths.cache_dir("speech-encoder")``.
+``fusion.FusionClassifier`` embeds the recording and the generator draws the digit. That
+classifier is an experiment of its own (``experiments/gan/speech-encoder.yaml``); the GAN config
+names its checkpoint (``encoder_checkpoint``) and keeps the encoder frozen
+(``fusion.artifacts.FrozenModule``).
+
+Checkpoints are files from elsewhere, so they are read as data: ``torch.load(weights_only=True)``
+accepts tensors and plain containers only, and a file that asks to unpickle anything else (code)
+is refused before any of it runs.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import logging
+import pickle
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from datamodules.paths import cache_dir
-
-if TYPE_CHECKING:
-    from generative.module import GAN
+from datamodules.files import atomic_path, atomic_write_json
 
 log = logging.getLogger(__name__)
 
+ENCODER_COMMAND = "fusegen fit --config experiments/gan/speech-encoder.yaml"
 
-class FrozenEncoder(nn.Module):
-    """Wraps an encoder ``[B, ...] -> [B, T, D]``: no gradients, always in eval mode, mean over T,
-    then unit L2 norm, so any encoder's embedding has a one-hot label's scale (raw audio
-    embeddings of norm ~20 let the projection discriminator's logits explode at step 0)."""
 
-    def __init__(self, encoder: nn.Module) -> None:
-        super().__init__()
-        self.encoder = encoder.requires_grad_(False).eval()
-        self.out_dim = encoder.out_dim
+def pooled_unit_norm(tokens: torch.Tensor) -> torch.Tensor:
+    """``[B, T, D]`` encoder tokens (or ``[B, D]``) -> ``[B, D]``: mean over T, then unit L2 norm.
 
-    def train(self, mode: bool = True) -> "FrozenEncoder":
-        return super().train(False)  # Lightning calls .train() on the whole model every epoch
+    The unit norm gives any encoder's embedding a one-hot label's scale: raw audio embeddings of
+    norm ~20 let the projection discriminator's logits explode at step 0."""
+    pooled = tokens.mean(dim=1) if tokens.dim() == 3 else tokens
+    return F.normalize(pooled, dim=-1)
 
-    @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        tokens = self.encoder(x)
-        pooled = tokens.mean(dim=1) if tokens.dim() == 3 else tokens
-        return torch.nn.functional.normalize(pooled, dim=-1)
+
+class UntrustedCheckpointError(RuntimeError):
+    """A checkpoint that holds more than tensors and plain containers (it would run code)."""
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """A checkpoint file's contents, loaded as data only (``weights_only=True``)."""
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UntrustedCheckpointError(
+            f"refused to load {str(path)!r}: it contains objects other than tensors and plain containers, which "
+            f"could run code when unpickled ({str(err).splitlines()[0]}). Use a checkpoint written by fusegen / "
+            "Lightning, or re-save only its state_dict with torch.save.") from None
 
 
 def encoder_state_from_checkpoint(path: str | Path, modality: str) -> dict[str, torch.Tensor]:
@@ -52,9 +59,10 @@ def encoder_state_from_checkpoint(path: str | Path, modality: str) -> dict[str, 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"encoder_checkpoint {str(path)!r} does not exist. Train an audio-only fusion classifier first "
-            "(fusegen fit --config experiments/gan/speech-encoder.yaml) or set encoder_checkpoint: auto")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+            f"encoder_checkpoint {str(path)!r} does not exist. Train the condition encoder first: `{ENCODER_COMMAND}` "
+            "writes runs/speech-encoder/checkpoints/last.ckpt (or set encoder_checkpoint: null for a random, "
+            "frozen encoder in smoke tests)")
+    state = read_checkpoint(path)
     state = state.get("state_dict", state)
     prefix = f"encoders.{modality}."
     sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
@@ -65,77 +73,49 @@ def encoder_state_from_checkpoint(path: str | Path, modality: str) -> dict[str, 
     return sub
 
 
-def load_encoder(gan: "GAN", checkpoint: str) -> None:
-    """Fill ``gan.condition_encoder`` from ``checkpoint`` (a path, or ``"auto"``)."""
-    modality = gan.hparams.condition
-    encoder = gan.condition_encoder.encoder
-    if checkpoint == "auto":
-        path = _auto_checkpoint(gan, encoder, modality)
-        if path is None:
-            return
-    else:
-        path = Path(checkpoint)
-    encoder.load_state_dict(encoder_state_from_checkpoint(path, modality))
-    gan.encoder_path = path  # for reports: the JSON next to an `auto` checkpoint has its accuracy
+def load_condition_encoder(path: str | Path | None, encoder: nn.Module, modality: str) -> nn.Module:
+    """``encoder`` with the ``encoders.<modality>.*`` weights of the fusion checkpoint ``path``.
+
+    ``path=None`` returns the encoder as it is (random weights) with a warning: conditions then
+    carry little information about the input, which is fine for smoke tests only."""
+    if path is None:
+        log.warning("encoder_checkpoint is null: the %s condition encoder keeps its random weights (smoke tests "
+                    "only; `%s` trains one)", modality, ENCODER_COMMAND)
+        return encoder
+    state = encoder_state_from_checkpoint(path, modality)
+    try:
+        encoder.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"encoder_checkpoint {str(path)!r}: its {modality} encoder does not match "
+                         f"model.init_args.condition_encoder ({str(err).splitlines()[0]}). Use the same encoder "
+                         "class and init_args as the config that trained it.") from None
     log.info("condition encoder loaded from %s", path)
-
-
-# The ``auto`` recipe: long enough for SpecAugment (set on the encoder itself, e.g. AudioEncoder's
-# freq_mask/time_mask) to pay off on the held-out speaker; measured with
-# experiments/benchmarks/gan_speech_encoder.py (see generative/README.md).
-AUTO_RECIPE = {"max_steps": 1500, "lr": 2e-3, "weight_decay": 1e-2, "dropout": 0.2, "seed": 0, "schedule": "constant"}
-
-
-def auto_checkpoint_path(encoder: nn.Module, datamodule, modality: str) -> Path:
-    """Where the ``auto`` encoder for this architecture, recipe and data is cached."""
-    # The key covers the architecture (its repr includes the SpecAugment settings), the recipe and
-    # the data: the datamodule's settings (split, held-out speakers, noise, ...) decide which
-    # recordings the encoder may see, so an encoder is never reused across a different split.
-    data = {k: v for k, v in sorted(getattr(datamodule, "hparams", {}).items()) if k != "num_workers"}
-    blob = repr(encoder) + repr(type(datamodule)) + repr(data) + repr(sorted(AUTO_RECIPE.items()))
-    return cache_dir("speech-encoder") / f"{modality}-{hashlib.sha1(blob.encode()).hexdigest()[:10]}.ckpt"
-
-
-def _auto_checkpoint(gan: "GAN", encoder: nn.Module, modality: str) -> Path | None:
-    """Train (once, cached) an audio-only FusionClassifier on the GAN's datamodule."""
-    path = auto_checkpoint_path(encoder, gan.trainer.datamodule, modality)
-    if path.is_file():
-        return path
-    if gan.trainer.fast_dev_run:
-        log.warning("fast_dev_run: no cached %s encoder at %s, keeping random weights", modality, path)
-        return None
-    outer = gan.trainer
-    acc = train_condition_encoder(encoder, outer.datamodule, modality, path, **AUTO_RECIPE)
-    outer.datamodule.trainer = outer  # the inner Trainer re-pointed the shared datamodule
-    log.warning("trained the %s condition encoder: held-out test accuracy %.3f (cached at %s)", modality, acc, path)
-    return path
+    return encoder
 
 
 def train_condition_encoder(encoder: nn.Module, datamodule, modality: str, path: Path | None,
                             max_steps: int = 1500, lr: float = 2e-3, weight_decay: float = 1e-2,
                             dropout: float = 0.2, seed: int = 0, schedule: str = "cosine") -> float:
-    """Fit ``FusionClassifier({modality: encoder}, ConcatFusion)`` on ``datamodule`` for ``max_steps``
-    batches with AdamW (``schedule="cosine"``: lr annealed to 0 per step, so the last weights are not
-    a random point of a noisy constant-lr trajectory; ``"constant"``); save the checkpoint to
-    ``path`` (if given, with a JSON of test and val accuracy beside it) and return the test accuracy
-    (held-out speaker for AV-MNIST). A step budget, not epochs: AV-MNIST pairs 55,000 images with
-    ~2,250 recordings, so 600 batches already show every recording ~17 times; with SpecAugment each
-    showing is a different masked view, which is what generalises to an unseen speaker."""
+    """Fit ``FusionClassifier({modality: encoder}, ConcatFusion)`` on ``datamodule`` and return its test
+    accuracy (held-out speaker for AV-MNIST); with ``path``, save the checkpoint there (a JSON of test
+    and val accuracy beside it). For comparing encoder recipes in a script; a GAN never calls it.
+
+    AdamW for ``max_steps`` batches; ``schedule="cosine"`` anneals the lr to 0 per step, ``"constant"``
+    keeps it. A step budget, not epochs: AV-MNIST pairs 55,000 images with ~2,250 recordings, so 600
+    batches already show every recording ~17 times; with SpecAugment each showing is a different
+    masked view, which is what generalises to an unseen speaker."""
     import pytorch_lightning as pl
 
     from fusion import ConcatFusion, FusionClassifier
 
     if schedule not in ("cosine", "constant"):
         raise ValueError(f"schedule={schedule!r}: choose 'cosine' or 'constant'")
-
     pl.seed_everything(seed)
     enc = copy.deepcopy(encoder).requires_grad_(True).train()
-    # cosine_schedule steps per batch over the Trainer's max_steps (a step budget of ~2 epochs).
     model = FusionClassifier(encoders={modality: enc}, fusion=lambda dims: ConcatFusion(dims, out_dim=128),
                              num_classes=10, dropout=dropout, cosine_schedule=schedule == "cosine",
                              optimizer=lambda p: torch.optim.AdamW(p, lr=lr, weight_decay=weight_decay))
-    # default_root_dir: where the classifier's test confusion-matrix PNG lands (not the cwd).
-    root = path.parent if path is not None else cache_dir("speech-encoder")
+    root = path.parent if path is not None else Path.cwd()
     trainer = pl.Trainer(max_steps=max_steps, max_epochs=-1, limit_val_batches=0, accelerator="cpu", devices=1,
                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, default_root_dir=root)
@@ -144,11 +124,9 @@ def train_condition_encoder(encoder: nn.Module, datamodule, modality: str, path:
     trainer.limit_val_batches = 1.0  # validate() after a fit without validation
     val_acc = float(trainer.validate(model, datamodule=datamodule, verbose=False)[0]["val/acc"])
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        trainer.save_checkpoint(tmp)
-        tmp.replace(path)
-        path.with_suffix(".json").write_text(json.dumps(
-            {"test_acc": acc, "val_acc": val_acc, "max_steps": max_steps, "lr": lr, "weight_decay": weight_decay, "dropout": dropout,
-             "seed": seed, "schedule": schedule, "encoder": repr(encoder)}, indent=2))
+        with atomic_path(path) as tmp:
+            trainer.save_checkpoint(tmp)
+        atomic_write_json(path.with_suffix(".json"), {
+            "test_acc": acc, "val_acc": val_acc, "max_steps": max_steps, "lr": lr, "weight_decay": weight_decay,
+            "dropout": dropout, "seed": seed, "schedule": schedule, "encoder": repr(encoder)})
     return acc

@@ -12,6 +12,7 @@ Scores are comparable only between runs that use the same extractor (same cache 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -23,7 +24,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
+from datamodules.files import atomic_path, atomic_write_json, remove_stale_temp_files
 from datamodules.paths import cache_dir
+from fusion.artifacts import FrozenModule
 
 log = logging.getLogger(__name__)
 
@@ -60,25 +63,30 @@ class DigitClassifier(nn.Module):
         return self.fc(self.dropout(self.features(images)))
 
 
-class ClassifierFeatures(nn.Module):
-    """The frozen classifier's penultimate layer, shaped as torchmetrics' custom FID extractor."""
+class DigitFeatures(nn.Module):
+    """The classifier's penultimate layer as a module, shaped as torchmetrics' custom FID extractor
+    (``num_features``); ``frechet_distance`` freezes it with ``fusion.artifacts.FrozenModule``."""
 
     def __init__(self, classifier: DigitClassifier) -> None:
         super().__init__()
-        self.classifier = classifier.eval().requires_grad_(False)
+        self.classifier = classifier
         self.num_features = classifier.num_features
 
-    def train(self, mode: bool = True) -> "ClassifierFeatures":
-        return super().train(False)  # always eval: BatchNorm/Dropout must not change the metric
-
-    @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.classifier.features(images)
 
 
+def classifier_features(classifier: DigitClassifier) -> FrozenModule:
+    """The frozen feature extractor: no gradients, and eval mode that sticks (BatchNorm statistics
+    and dropout must not change the metric when Lightning calls ``.train()``)."""
+    frozen = FrozenModule(DigitFeatures(classifier))
+    frozen.num_features = classifier.num_features
+    return frozen
+
+
 def frechet_distance(classifier: DigitClassifier) -> FrechetInceptionDistance:
     """torchmetrics FID on the classifier's features; ``update(images_in_[-1,1], real=...)``."""
-    return FrechetInceptionDistance(feature=ClassifierFeatures(classifier), reset_real_features=False)
+    return FrechetInceptionDistance(feature=classifier_features(classifier), reset_real_features=False)
 
 
 def _evaluate(model: nn.Module, loader) -> float:
@@ -134,27 +142,58 @@ def _train(epochs: int, train_limit: int | None, batch_size: int, lr: float, see
     return model.eval(), info
 
 
+def _key(epochs: int, train_limit: int | None, seed: int) -> str:
+    return f"digit-cnn-e{epochs}-n{train_limit or 'all'}-s{seed}"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _load_cached(weights: Path, meta: Path) -> DigitClassifier | None:
+    """The cached classifier if its files are complete and match, else ``None`` (with a warning).
+
+    The JSON is written last and records the weights' sha256, so a run killed between the two
+    writes, a truncated or a corrupted weights file is caught here and the entry rebuilt."""
+    if not weights.is_file() and not meta.is_file():
+        return None
+    try:
+        info = json.loads(meta.read_text())
+        if info.get("sha256") != _sha256(weights):
+            raise ValueError("sha256 mismatch")
+        model = DigitClassifier()
+        model.load_state_dict(load_file(str(weights)))
+        return model.eval()
+    except Exception as err:  # noqa: BLE001 - any damage means: rebuild
+        log.warning("digit classifier cache %s is incomplete or corrupt (%s): rebuilding it", weights,
+                    str(err).splitlines()[0] if str(err) else type(err).__name__)
+        return None
+
+
 def load_digit_classifier(epochs: int = 2, train_limit: int | None = None, seed: int = 0,
                           root: str | None = None, cache: Path | None = None) -> DigitClassifier:
     """The cached digit classifier (trained on first use). The cache key is the training recipe,
     so a quick test classifier (``train_limit``) never replaces the full one."""
     folder = Path(cache) if cache else cache_dir("classifier")
-    key = f"digit-cnn-e{epochs}-n{train_limit or 'all'}-s{seed}"
+    key = _key(epochs, train_limit, seed)
     weights, meta = folder / f"{key}.safetensors", folder / f"{key}.json"
-    model = DigitClassifier()
-    if weights.is_file():
-        model.load_state_dict(load_file(str(weights)))
-        return model.eval()
+    cached = _load_cached(weights, meta)
+    if cached is not None:
+        return cached
+    remove_stale_temp_files(folder)
     log.warning("training the digit classifier for FID features (once; cached at %s)", weights)
     model, info = train_digit_classifier(epochs=epochs, train_limit=train_limit, seed=seed, root=root)
-    tmp = weights.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    tmp.replace(weights)  # atomic: a concurrent reader never sees half a file
-    meta.write_text(json.dumps(info, indent=2))
+    with atomic_path(weights) as tmp:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    atomic_write_json(meta, {**info, "sha256": _sha256(weights)})
     return model
 
 
 def classifier_info(epochs: int = 2, train_limit: int | None = None, seed: int = 0) -> dict:
     """The training record (test accuracy etc.) of a cached classifier, ``{}`` if not built yet."""
-    meta = cache_dir("classifier") / f"digit-cnn-e{epochs}-n{train_limit or 'all'}-s{seed}.json"
+    meta = cache_dir("classifier") / f"{_key(epochs, train_limit, seed)}.json"
     return json.loads(meta.read_text()) if meta.is_file() else {}

@@ -1,74 +1,45 @@
-"""The ``GAN`` LightningModule: adversarial losses, two optimisers, EMA sampling, validation metrics.
+"""The ``GAN`` LightningModule: adversarial training, EMA sampling, validation metrics, predictions.
 
 Lightning 2.x *manual* optimisation (``automatic_optimization = False``): one ``training_step``
 does a discriminator (critic) update and, every ``n_critic`` batches, a generator update, each
 inside ``toggle_optimizer``/``untoggle_optimizer`` so the other network's parameters are frozen
 and get no gradients. The step order follows pytorch/examples' dcgan ``main.py``: the fake batch
-is generated once, the discriminator sees it detached, the generator step reuses it.
+is generated once, the discriminator sees it detached, the generator step reuses it. The loss
+terms are the pure functions of ``generative.losses``.
 
 Notes:
 - ``trainer.global_step`` counts *optimizer* steps: with ``n_critic=1`` it advances by 2 per
   batch (D and G). ``self.iteration`` counts batches (it is saved in checkpoints).
 - Gradient clipping: the Trainer's ``gradient_clip_val`` is not allowed with manual
   optimisation; set this module's ``gradient_clip_val`` (applied via ``self.clip_gradients``).
-- Checkpoints hold G, D, EMA weights, both optimiser states, the step counters and (for a
-  bit-exact resume on one process) the CPU random state.
+- Checkpoints hold G, D, EMA weights, the frozen condition encoder, both optimiser states, the
+  step counters and (for a bit-exact resume on one process) the CPU random state.
+- Under DDP each backward pass reaches only one network, so DDP must be told to expect unused
+  parameters: ``strategy: ddp_find_unused_parameters_true`` (checked at fit start).
 """
 
 from __future__ import annotations
 
-import copy
-import logging
-from typing import Any, Literal
+import math
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 import torchmetrics
 from pytorch_lightning.cli import OptimizerCallable
-from pytorch_lightning.strategies import DDPStrategy
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 
-from generative.conditioning import FrozenEncoder, load_encoder
-
-log = logging.getLogger(__name__)
-
-LossName = Literal["bce", "hinge", "wgan-gp"]
+from fusion.artifacts import FrozenModule
+from generative.conditioning import load_condition_encoder, pooled_unit_norm
+from generative.ema import get_ema_warmup_multi_avg_fn
+from generative.losses import LOSSES, LossName, discriminator_loss, generator_loss, gradient_penalty
 
 
 def _dcgan_adam(params: Any) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=2e-4, betas=(0.5, 0.999))
-
-
-def ema_decay_at(num_averaged: int, decay: float, warmup: bool = True) -> float:
-    """The EMA decay used for the update after ``num_averaged`` earlier updates.
-
-    With ``warmup`` the decay is ``min(decay, (1 + t) / (10 + t))`` (TensorFlow's
-    ``ExponentialMovingAverage(num_updates=...)``, as in many GAN codebases): early on the average
-    follows the young generator closely instead of dragging its first, near-random weights along;
-    it reaches ``decay`` after ``(10 * decay - 1) / (1 - decay)`` updates (890 for 0.99, 8990 for
-    0.999)."""
-    return min(decay, (1.0 + num_averaged) / (10.0 + num_averaged)) if warmup else decay
-
-
-def get_ema_warmup_multi_avg_fn(decay: float = 0.999, warmup: bool = True):
-    """``multi_avg_fn`` for ``torch.optim.swa_utils.AveragedModel``: an EMA with decay
-    ``ema_decay_at(num_averaged, decay, warmup)``. The update count is ``AveragedModel.n_averaged``,
-    a buffer, so it is checkpointed and a resumed run continues the same schedule."""
-    if not 0.0 <= decay <= 1.0:
-        raise ValueError(f"ema_decay={decay}: must be in [0, 1]")
-
-    @torch.no_grad()
-    def ema_update(ema_params: list[torch.Tensor], params: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
-        d = ema_decay_at(int(num_averaged), decay, warmup)
-        if torch.is_floating_point(ema_params[0]) or torch.is_complex(ema_params[0]):
-            torch._foreach_lerp_(ema_params, params, 1.0 - d)  # ema += (1 - d) * (p - ema)
-        else:  # integer buffers (BatchNorm's num_batches_tracked)
-            for p_ema, p in zip(ema_params, params):
-                p_ema.copy_(p_ema * d + p * (1.0 - d))
-
-    return ema_update
 
 
 class GAN(pl.LightningModule):
@@ -77,32 +48,38 @@ class GAN(pl.LightningModule):
     Args:
         generator / discriminator: networks (e.g. ``generative.Generator``/``Discriminator``);
             for a conditional GAN both must have ``cond_dim`` equal to the condition size.
-        loss: ``bce`` (non-saturating), ``hinge`` or ``wgan-gp`` (critic + gradient penalty).
+        loss: ``bce`` (non-saturating), ``hinge`` or ``wgan-gp`` (critic + gradient penalty);
+            see ``generative.losses``.
         n_critic: discriminator updates per generator update (5 is usual for WGAN-GP).
-        gp_weight: gradient-penalty weight (WGAN-GP).
+        gp_weight: gradient-penalty weight (WGAN-GP only).
         optimizer_g / optimizer_d: injected from the config; default Adam(2e-4, betas 0.5/0.999).
-        condition: ``None`` (unconditional), ``"label"`` (one-hot digit) or a batch key such as
-            ``"audio"`` embedded by ``condition_encoder`` (mean-pooled over its tokens, frozen).
+        condition: ``None`` (unconditional), ``"label"`` (one-hot class) or a batch key such as
+            ``"audio"`` embedded by ``condition_encoder`` (frozen; mean-pooled, unit norm).
+        num_classes: classes of a label-conditional GAN (and of the metrics' agreement).
         condition_encoder: any fusion encoder (``forward(x) -> [B, T, D]``, ``out_dim``).
         encoder_checkpoint: fusion checkpoint whose ``encoders.<condition>.*`` weights are loaded
-            into ``condition_encoder``; ``"auto"`` trains an audio-only fusion classifier on the
-            datamodule once and caches it (see ``generative.conditioning``).
+            into ``condition_encoder`` at construction (``experiments/gan/speech-encoder.yaml``
+            writes one); ``None``: keep random weights (smoke tests only; a warning says so).
         gradient_clip_val: clip each network's gradient norm to this (``None``: no clipping).
         ema_decay: keep an exponential moving average of G's weights and sample from it
             (``None``: sample from G itself).
-        condition_noise: "conditioning augmentation" (StackGAN, Zhang et al. 2017) for encoder
-            conditions: during training add N(0, condition_noise^2) to each unit-norm condition vector
-            and renormalise, so G also draws clean digits near (not only at) the training
-            recordings' embeddings, where an unseen speaker's embeddings land. 0: off; labels never.
         ema_warmup: ramp the EMA decay up as ``min(ema_decay, (1 + t) / (10 + t))`` after ``t``
-            updates (see ``ema_decay_at``); ``False``: constant ``ema_decay`` from the first update.
+            updates (``generative.ema.ema_decay_at``); ``False``: constant ``ema_decay``.
+        condition_noise: "conditioning augmentation" (StackGAN, Zhang et al. 2017) for encoder
+            conditions: during training add N(0, condition_noise^2) to each unit-norm condition
+            vector and renormalise, so G also draws clean images near (not only at) the training
+            inputs' embeddings, where an unseen speaker's embeddings land. 0: off; labels never.
         metrics: compute the Fréchet classifier distance (and, if conditional, the classifier's
-            agreement with the requested digit) at validation time.
+            agreement with the requested class) at validation and test time.
         classifier_epochs / classifier_train_limit: recipe of the cached digit classifier.
-        grid_every_n_epochs: sample-grid PNG cadence (0: no grids).
+        grid_every_n_epochs: sample-grid PNG cadence (0: no sample or interpolation grids).
         image_key: the batch key of the images to generate.
         data_range: value range of the dataset's images (AV-MNIST: ``[0, 1]``); they are mapped
             to the generator's tanh range [-1, 1], which the metrics' classifier also expects.
+        num_predictions: how many images ``fusegen predict`` generates (at most one per row of
+            the datamodule's predict split).
+        labels: classes to generate in ``fusegen predict`` (label-conditional GANs), cycled, e.g.
+            ``[3, 3, 7]``; ``None``: the predict batch's own labels.
     """
 
     def __init__(
@@ -128,47 +105,64 @@ class GAN(pl.LightningModule):
         grid_every_n_epochs: int = 1,
         image_key: str = "image",
         data_range: tuple[float, float] = (-1.0, 1.0),
+        num_predictions: int = 100,
+        labels: list[int] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["generator", "discriminator", "condition_encoder"])
         self.automatic_optimization = False
-        if loss not in ("bce", "hinge", "wgan-gp"):
-            raise ValueError(f"loss={loss!r}: choose 'bce', 'hinge' or 'wgan-gp'")
+        if loss not in LOSSES:
+            raise ValueError(f"model.init_args.loss={loss!r}: choose one of {', '.join(LOSSES)}")
         if n_critic < 1:
-            raise ValueError(f"n_critic={n_critic}: must be >= 1")
+            raise ValueError(f"model.init_args.n_critic={n_critic}: must be >= 1")
+        if gp_weight < 0:
+            raise ValueError(f"model.init_args.gp_weight={gp_weight}: must be >= 0")
         if condition_noise < 0:
-            raise ValueError(f"condition_noise={condition_noise}: must be >= 0")
+            raise ValueError(f"model.init_args.condition_noise={condition_noise}: must be >= 0")
+        if data_range[1] <= data_range[0]:
+            raise ValueError(f"model.init_args.data_range={list(data_range)}: needs [low, high] with low < high")
+        if num_predictions < 1:
+            raise ValueError(f"model.init_args.num_predictions={num_predictions}: must be >= 1")
+        if labels is not None:
+            if condition != "label":
+                raise ValueError(f"model.init_args.labels={labels} needs condition: label (condition is {condition!r})")
+            bad = [c for c in labels if not 0 <= c < num_classes]
+            if bad or not labels:
+                raise ValueError(f"model.init_args.labels={labels}: give class indices in [0, {num_classes - 1}]")
         self.generator, self.discriminator = generator, discriminator
         self.optimizer_g, self.optimizer_d = optimizer_g or _dcgan_adam, optimizer_d or _dcgan_adam
 
-        self.condition_encoder = None
+        self.condition_encoder: FrozenModule | None = None
         if condition is None:
             cond_dim = 0
         elif condition == "label":
             cond_dim = num_classes
         else:
             if condition_encoder is None:
-                raise ValueError(f"condition={condition!r} needs a `condition_encoder` (e.g. fusion.MelCNNAudioEncoder) "
+                raise ValueError(f"condition={condition!r} needs a `condition_encoder` (e.g. fusion.AudioEncoder) "
                                  "to embed that input; use condition: label for class-conditional GANs")
-            self.condition_encoder = FrozenEncoder(condition_encoder)
+            encoder = load_condition_encoder(encoder_checkpoint, condition_encoder, condition)
+            self.condition_encoder = FrozenModule(encoder)
             cond_dim = condition_encoder.out_dim
         for name, net in (("generator", generator), ("discriminator", discriminator)):
             have = getattr(net, "cond_dim", 0)
             if have != cond_dim:
-                raise ValueError(f"model.{name}.init_args.cond_dim is {have} but condition={condition!r} gives "
-                                 f"{cond_dim}-dim condition vectors: set cond_dim: {cond_dim}")
+                raise ValueError(f"model.init_args.{name}.init_args.cond_dim is {have} but condition={condition!r} "
+                                 f"gives {cond_dim}-dim condition vectors: set cond_dim: {cond_dim}")
         self.cond_dim = cond_dim
 
         # The EMA copy is never trained, so its parameters must not require grad: DDP would
         # otherwise wait for their gradients.
         self.generator_ema = None
         if ema_decay:
-            self.generator_ema = AveragedModel(generator, multi_avg_fn=get_ema_warmup_multi_avg_fn(ema_decay, ema_warmup),
-                                               use_buffers=True)
+            ema = get_ema_warmup_multi_avg_fn(ema_decay, ema_warmup)
+            self.generator_ema = AveragedModel(generator, multi_avg_fn=ema, use_buffers=True)
             self.generator_ema.requires_grad_(False)
         self.iteration = 0  # batches trained; saved in checkpoints
-        self._eval: dict[str, Any] | None = None  # classifier + metrics, built on first validation
+        self._eval: dict[str, Any] | None = None  # classifier + metrics, built in setup
         self._grid_cond: torch.Tensor | None = None  # fixed conditions for sample grids (encoder case)
+        self._grid_labels: torch.Tensor | None = None
+        self._predict_left = 0
 
     # ------------------------------------------------------------------ conditioning / sampling
     @property
@@ -176,7 +170,7 @@ class GAN(pl.LightningModule):
         return self.generator.nz
 
     def real_images(self, batch: dict) -> torch.Tensor:
-        """The batch's images mapped from ``data_range`` to [-1, 1]."""
+        """The batch's images mapped linearly from ``data_range`` to [-1, 1]."""
         lo, hi = self.hparams.data_range
         images = batch[self.hparams.image_key]
         return images if (lo, hi) == (-1.0, 1.0) else (images - lo) * (2.0 / (hi - lo)) - 1.0
@@ -190,16 +184,24 @@ class GAN(pl.LightningModule):
             return F.one_hot(batch["label"], self.hparams.num_classes).float()
         if cond not in batch:
             raise KeyError(f"condition={cond!r} but the batch has no {cond!r} key; batch keys: {sorted(batch)}")
-        return self.condition_encoder(batch[cond])
+        return pooled_unit_norm(self.condition_encoder(batch[cond]))
+
+    def augment_condition(self, cond: torch.Tensor | None) -> torch.Tensor | None:
+        """Conditioning augmentation (``condition_noise``): encoder conditions, training mode only."""
+        sigma = self.hparams.condition_noise
+        if cond is None or not sigma or self.hparams.condition == "label" or not self.training:
+            return cond
+        return F.normalize(cond + sigma * torch.randn_like(cond), dim=-1)
 
     @property
-    def sampler(self) -> nn.Module:
-        """The network used for samples and metrics: the EMA generator if there is one."""
+    def sampling_generator(self) -> nn.Module:
+        """The network used for samples, metrics and predictions: the EMA generator if there is one."""
         return self.generator_ema.module if self.generator_ema is not None else self.generator
 
     @torch.no_grad()
     def sample(self, z: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        net = self.sampler
+        """Images in [-1, 1] from the sampling generator in eval mode (its mode is restored)."""
+        net = self.sampling_generator
         was_training = net.training
         net.eval()
         images = net(z.to(self.device), None if cond is None else cond.to(self.device))
@@ -207,73 +209,55 @@ class GAN(pl.LightningModule):
         return images
 
     # ------------------------------------------------------------------ losses
-    def _d_loss(self, real: torch.Tensor, fake: torch.Tensor, cond: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
+    def d_loss(self, real: torch.Tensor, fake: torch.Tensor, cond: torch.Tensor | None
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The discriminator's loss (with ``gp_weight`` times the gradient penalty for WGAN-GP)."""
         d_real, d_fake = self.discriminator(real, cond), self.discriminator(fake, cond)
-        kind = self.hparams.loss
-        if kind == "bce":
-            loss = (F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
-                    + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
-        elif kind == "hinge":
-            loss = F.relu(1.0 - d_real).mean() + F.relu(1.0 + d_fake).mean()
-        else:
-            loss = d_fake.mean() - d_real.mean() + self.hparams.gp_weight * self._gradient_penalty(real, fake, cond)
-        return loss, {"d_real": d_real.detach().mean(), "d_fake": d_fake.detach().mean()}
+        loss = discriminator_loss(d_real, d_fake, self.hparams.loss)
+        stats = {"d_real": d_real.detach().mean(), "d_fake": d_fake.detach().mean()}
+        if self.hparams.loss == "wgan-gp":
+            gp = gradient_penalty(self.discriminator, real, fake, cond)
+            loss = loss + self.hparams.gp_weight * gp
+            stats["gp"] = gp.detach()
+        return loss, stats
 
-    def _g_loss(self, fake: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
-        d_fake = self.discriminator(fake, cond)
-        if self.hparams.loss == "bce":  # non-saturating: maximise log D(G(z))
-            return F.binary_cross_entropy_with_logits(d_fake, torch.ones_like(d_fake))
-        return -d_fake.mean()
+    def g_loss(self, fake: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        return generator_loss(self.discriminator(fake, cond), self.hparams.loss)
 
-    def _gradient_penalty(self, real: torch.Tensor, fake: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
-        eps = torch.rand(real.shape[0], 1, 1, 1, device=real.device, dtype=real.dtype)
-        mixed = (eps * real + (1 - eps) * fake).requires_grad_(True)
-        (grad,) = torch.autograd.grad(self.discriminator(mixed, cond).sum(), mixed, create_graph=True)
-        return ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
-
-    def _check_finite(self, name: str, value: torch.Tensor) -> None:
-        if not torch.isfinite(value):
-            raise FloatingPointError(
-                f"GAN training diverged at global step {self.global_step} (iteration {self.iteration}, "
-                f"epoch {self.current_epoch}): {name} = {value.item()}. Lower the learning rates, set "
-                "model.init_args.gradient_clip_val, or use spectral_norm in the discriminator.")
+    def is_generator_step(self, iteration: int) -> bool:
+        """Whether batch ``iteration`` (0-based) also updates G: every ``n_critic``-th batch."""
+        return (iteration + 1) % self.hparams.n_critic == 0
 
     # ------------------------------------------------------------------ training
+    def _backward_and_step(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        if self.hparams.gradient_clip_val:
+            self.clip_gradients(optimizer, gradient_clip_val=self.hparams.gradient_clip_val,
+                                gradient_clip_algorithm="norm")
+        optimizer.step()
+
     def training_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
         opt_g, opt_d = self.optimizers()
         real = self.real_images(batch)
-        cond = self.condition_of(batch)
-        if cond is not None and self.hparams.condition_noise and self.hparams.condition != "label":
-            cond = F.normalize(cond + self.hparams.condition_noise * torch.randn_like(cond), dim=-1)
+        cond = self.augment_condition(self.condition_of(batch))
         z = torch.randn(real.shape[0], self.nz, device=real.device, dtype=real.dtype)
-        g_step = (self.iteration + 1) % self.hparams.n_critic == 0
+        g_step = self.is_generator_step(self.iteration)
         # Generate once; the graph to G is kept only if this batch also updates G.
         with torch.set_grad_enabled(g_step):
             fake = self.generator(z, cond)
 
         # Discriminator / critic.
         self.toggle_optimizer(opt_d)
-        loss_d, stats = self._d_loss(real, fake.detach(), cond)
-        self._check_finite("loss_d", loss_d)
-        opt_d.zero_grad(set_to_none=True)
-        self.manual_backward(loss_d)
-        if self.hparams.gradient_clip_val:
-            self.clip_gradients(opt_d, gradient_clip_val=self.hparams.gradient_clip_val, gradient_clip_algorithm="norm")
-        opt_d.step()
+        loss_d, stats = self.d_loss(real, fake.detach(), cond)
+        self._backward_and_step(opt_d, loss_d)
         self.untoggle_optimizer(opt_d)
         out = {"loss_d": loss_d.detach(), **stats}
 
-        # Generator.
         if g_step:
             self.toggle_optimizer(opt_g)
-            loss_g = self._g_loss(fake, cond)
-            self._check_finite("loss_g", loss_g)
-            opt_g.zero_grad(set_to_none=True)
-            self.manual_backward(loss_g)
-            if self.hparams.gradient_clip_val:
-                self.clip_gradients(opt_g, gradient_clip_val=self.hparams.gradient_clip_val,
-                                    gradient_clip_algorithm="norm")
-            opt_g.step()
+            loss_g = self.g_loss(fake, cond)
+            self._backward_and_step(opt_g, loss_g)
             self.untoggle_optimizer(opt_g)
             if self.generator_ema is not None:
                 self.generator_ema.update_parameters(self.generator)
@@ -287,17 +271,18 @@ class GAN(pl.LightningModule):
         # Order matters: self.optimizers() returns (opt_g, opt_d).
         return [self.optimizer_g(self.generator.parameters()), self.optimizer_d(self.discriminator.parameters())]
 
+    def on_fit_start(self) -> None:
+        wrapped = self.trainer.strategy.model
+        if isinstance(wrapped, DistributedDataParallel) and not wrapped.find_unused_parameters:
+            raise RuntimeError(
+                "GAN under DDP: each backward pass reaches only one of the two networks, so DDP must expect unused "
+                "parameters. Set `trainer.strategy: ddp_find_unused_parameters_true`, or with a DDPStrategy preset "
+                "`--trainer.strategy.init_args.find_unused_parameters true`.")
+
     def setup(self, stage: str) -> None:
-        # Each manual backward touches only one network (the other is toggled off), so DDP must
-        # be told to expect parameters without gradients in a backward pass.
-        strategy = self.trainer.strategy
-        if isinstance(strategy, DDPStrategy):
-            strategy._ddp_kwargs.setdefault("find_unused_parameters", True)
-        if self.condition_encoder is not None and self.hparams.encoder_checkpoint and stage == "fit":
-            load_encoder(self, self.hparams.encoder_checkpoint)
         # Built here, not in a validation hook: validation runs under inference mode, and the
-        # first use may have to train the classifier.
-        if self.hparams.metrics and self._eval is None:
+        # first use may have to train the classifier. Predictions need no metrics.
+        if self.hparams.metrics and self._eval is None and stage in ("fit", "validate", "test"):
             self._eval = self._build_eval()
 
     # ------------------------------------------------------------------ checkpoints
@@ -312,13 +297,13 @@ class GAN(pl.LightningModule):
 
     # ------------------------------------------------------------------ validation metrics
     def _build_eval(self) -> dict[str, Any]:
-        from generative.metrics import load_digit_classifier, frechet_distance
+        from generative.metrics import frechet_distance, load_digit_classifier
 
         classifier = load_digit_classifier(epochs=self.hparams.classifier_epochs,
                                            train_limit=self.hparams.classifier_train_limit)
         # Kept out of the module tree on purpose: the fixed extractor is not part of the GAN's
         # checkpoint, and a run with metrics off can resume one with metrics on.
-        return {"classifier": classifier, "fid": frechet_distance(classifier),
+        return {"classifier": FrozenModule(classifier), "fid": frechet_distance(classifier),
                 "agreement": torchmetrics.classification.MulticlassAccuracy(self.hparams.num_classes, average="micro")}
 
     def on_validation_epoch_start(self) -> None:
@@ -366,26 +351,56 @@ class GAN(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         self.on_validation_epoch_end(stage="test")
 
+    # ------------------------------------------------------------------ predictions
+    def on_predict_start(self) -> None:
+        # Each process generates its share; with several processes the total is rounded up.
+        self._predict_left = math.ceil(self.hparams.num_predictions / self.trainer.world_size)
+        self._predicted = 0
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict[str, Any] | None:
+        """Generated images for the first rows of a predict batch, until ``num_predictions``:
+        label-conditional GANs draw ``labels`` (cycled) or the batch's labels, encoder-conditioned
+        ones the batch's inputs (e.g. recordings), unconditional ones one image per row.
+
+        Returns ``{"images": [n, C, H, W] in [0, 1], "labels": [n] or None}`` (``None`` when done);
+        ``generative.callbacks.PredictionWriter`` saves them."""
+        size = next(v for v in batch.values() if isinstance(v, torch.Tensor)).shape[0]
+        n = min(size, self._predict_left)
+        if n <= 0:
+            return None
+        labels = batch["label"][:n] if "label" in batch else None
+        if self.hparams.condition == "label" and self.hparams.labels:
+            wanted = self.hparams.labels
+            labels = torch.tensor([wanted[(self._predicted + i) % len(wanted)] for i in range(n)], device=self.device)
+        cond = self.condition_of({**batch, "label": labels} if labels is not None else batch)
+        cond = None if cond is None else cond[:n]
+        z = torch.randn(n, self.nz, device=self.device)
+        images = ((self.sample(z, cond) + 1) / 2).clamp(0, 1).cpu()
+        self._predict_left -= n
+        self._predicted += n
+        return {"images": images, "labels": None if labels is None else labels.cpu()}
+
     # ------------------------------------------------------------------ callbacks
     def configure_callbacks(self) -> list[pl.Callback]:
-        from generative.callbacks import InterpolationGrid, SampleGrid
+        from generative.callbacks import InterpolationGrid, PredictionWriter, SampleGrid
 
-        if not self.hparams.grid_every_n_epochs:
-            return []
-        return [SampleGrid(every_n_epochs=self.hparams.grid_every_n_epochs), InterpolationGrid()]
+        callbacks: list[pl.Callback] = [PredictionWriter()]
+        if self.hparams.grid_every_n_epochs:
+            callbacks += [SampleGrid(every_n_epochs=self.hparams.grid_every_n_epochs), InterpolationGrid()]
+        return callbacks
 
     def grid_conditions(self, n: int) -> torch.Tensor | None:
-        """Conditions for an ``n``-sample grid with 10 columns: column c shows digit c."""
+        """Conditions for an ``n``-sample grid with 10 columns: column c shows class c."""
         if self.hparams.condition is None:
             return None
         if self.hparams.condition == "label":
             return F.one_hot(torch.arange(n) % self.hparams.num_classes, self.hparams.num_classes).float()
         if self._grid_cond is None:
             return None
-        # One real recording per digit (first of each label in the stored batch), one per column.
-        per_digit = []
-        for digit in range(self.hparams.num_classes):
-            idx = (self._grid_labels == digit).nonzero()
-            per_digit.append(self._grid_cond[idx[0, 0]] if len(idx) else self._grid_cond[0])
-        bank = torch.stack(per_digit)
+        # One real input per class (first of each label in the stored batch), one per column.
+        per_class = []
+        for c in range(self.hparams.num_classes):
+            idx = (self._grid_labels == c).nonzero()
+            per_class.append(self._grid_cond[idx[0, 0]] if len(idx) else self._grid_cond[0])
+        bank = torch.stack(per_class)
         return bank[torch.arange(n) % self.hparams.num_classes]

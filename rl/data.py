@@ -13,7 +13,7 @@ import warnings
 from typing import Callable, Iterator
 
 import torch
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import IterableDataset
 
 # Lightning warns that a sized IterableDataset may be mis-counted by several workers; rollouts
 # are collected in the main process (num_workers=0), where the length is exact.

@@ -9,7 +9,8 @@ action and returns the reset observation with reward 0. ``rl.rollout`` masks tho
 from __future__ import annotations
 
 import difflib
-from typing import Any
+import importlib
+from typing import Any, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -45,20 +46,63 @@ def check_action_space(space: gym.Space, env_id: str = "") -> None:
                      f"custom ActionWrapper) to expose one of them.")
 
 
+def resolve_wrappers(wrappers: Sequence[str | dict[str, Any]] | None, key: str = "wrappers"
+                     ) -> list[tuple[type, dict[str, Any]]]:
+    """``[{class_path: gymnasium.wrappers.FlattenObservation, init_args: {...}}, ...]`` (or plain
+    class-path strings) -> ``[(class, init_args), ...]``; errors name ``key[i]`` and the class path."""
+    resolved = []
+    for i, entry in enumerate(wrappers or []):
+        where = f"{key}[{i}]"
+        if isinstance(entry, str):
+            entry = {"class_path": entry}
+        if not isinstance(entry, dict) or "class_path" not in entry:
+            raise ValueError(f"{where} = {entry!r}: expected {{class_path: module.WrapperClass, init_args: {{...}}}} "
+                             f"or a class-path string, e.g. gymnasium.wrappers.FlattenObservation")
+        unknown = set(entry) - {"class_path", "init_args"}
+        if unknown:
+            raise ValueError(f"{where} has unknown keys {sorted(unknown)}; allowed: class_path, init_args")
+        class_path, init_args = str(entry["class_path"]), dict(entry.get("init_args") or {})
+        module_name, _, name = class_path.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module_name), name) if module_name else None
+        except (ImportError, AttributeError):
+            cls = None
+        if not isinstance(cls, type) or not issubclass(cls, gym.Wrapper):
+            raise ValueError(f"{where}.class_path = {class_path!r} is not an importable gymnasium.Wrapper class "
+                             f"(e.g. gymnasium.wrappers.FlattenObservation, or your_module.YourWrapper)")
+        resolved.append((cls, init_args))
+    return resolved
+
+
+def make_env(env_id: str, env_kwargs: dict[str, Any] | None = None,
+             wrappers: Sequence[str | dict[str, Any]] | None = None, render_mode: str | None = None) -> gym.Env:
+    """One env: ``gymnasium.make(env_id, **env_kwargs)`` with the ``wrappers`` applied in order
+    (first listed = innermost)."""
+    check_env_id(env_id)
+    kwargs = dict(env_kwargs or {})
+    if render_mode is not None:
+        kwargs["render_mode"] = render_mode
+    env = gym.make(env_id, **kwargs)
+    for cls, init_args in resolve_wrappers(wrappers):
+        env = cls(env, **init_args)
+    return env
+
+
 def make_vec_env(env_id: str, num_envs: int, *, seed: int | None = None, normalize_obs: bool = False,
                  normalize_reward: bool = False, gamma: float = 0.99, env_kwargs: dict[str, Any] | None = None,
-                 record_stats: bool = True, asynchronous: bool = False) -> gym.vector.VectorEnv:
+                 record_stats: bool = True, asynchronous: bool = False,
+                 wrappers: Sequence[str | dict[str, Any]] | None = None) -> gym.vector.VectorEnv:
     """``SyncVectorEnv`` (or ``AsyncVectorEnv``: one process per env, for slow simulators) of
-    ``num_envs`` copies of ``env_id``.
+    ``num_envs`` copies of ``make_env(env_id, env_kwargs, wrappers)``.
 
     Wrapper order matters: episode statistics sit *inside* the normalisers so logged returns are
     the true (unnormalised) ones; continuous actions are clipped to the bounds inside the env, so
     the agent's log-probabilities stay those of the unclipped Gaussian sample.
     """
     check_env_id(env_id)
-    env_kwargs = dict(env_kwargs or {})
+    resolve_wrappers(wrappers)  # fail here, not inside a worker process
     vector_cls = gym.vector.AsyncVectorEnv if asynchronous else gym.vector.SyncVectorEnv
-    envs = vector_cls([lambda: gym.make(env_id, **env_kwargs) for _ in range(num_envs)])
+    envs = vector_cls([lambda: make_env(env_id, env_kwargs, wrappers) for _ in range(num_envs)])
     check_action_space(envs.single_action_space, env_id)
     if isinstance(envs.single_action_space, gym.spaces.Box):
         envs = vw.ClipAction(envs)

@@ -3,7 +3,8 @@
 They share everything but the loss: a vector env and a ``RolloutCollector`` (``rl.rollout``),
 rollouts fed to the Trainer by a ``RolloutDataset`` (``rl.data``), one update per rollout
 (``n_epochs`` passes of minibatches, manual optimisation), deterministic evaluation episodes as
-the validation step, and a learning-curve PNG at the end of fit (``rl.callbacks``).
+the validation and test steps, episodes with a video as the predict step, and a learning-curve
+PNG at the end of fit (``rl.callbacks``). The loss terms are the pure functions of ``rl.losses``.
 
 Checkpoints carry the env-step counter, the observation/reward normalisation statistics and
 the learning-curve history next to the weights and optimiser state, so ``--ckpt_path last``
@@ -12,9 +13,13 @@ continues a run where it stopped.
 
 from __future__ import annotations
 
+import csv
+import io
 import math
+import os
 import time
-from typing import Any, Callable
+import warnings
+from typing import Any, Callable, NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -24,23 +29,88 @@ from pytorch_lightning.cli import OptimizerCallable
 from torch import nn
 from torch.utils.data import DataLoader
 
+from datamodules.files import atomic_write_text
+from fusion.artifacts import PREDICTIONS, artifact_dir
 from rl.callbacks import LearningCurve
 from rl.data import RolloutDataset
-from rl.envs import load_normalization_state, make_vec_env, normalization_state, obs_normalizer
+from rl.envs import (
+    check_action_space,
+    check_env_id,
+    load_normalization_state,
+    make_env,
+    make_vec_env,
+    normalization_state,
+    obs_normalizer,
+    resolve_wrappers,
+)
+from rl.losses import (
+    actor_critic_loss,
+    approx_kl,
+    clip_fraction,
+    clipped_surrogate_loss,
+    clipped_value_loss,
+    entropy_bonus,
+    explained_variance,
+    linear_schedule,
+    normalize_advantages,
+    policy_gradient_loss,
+    value_loss,
+)
 from rl.networks import ActorCritic
 from rl.rollout import RolloutCollector, evaluate_policy
+from rl.video import write_video
 
 PolicyFactory = Callable[[gym.Space, gym.Space], nn.Module]
+KEY = "model.init_args."  # how a user's config names an agent argument (error messages)
+OBS_NORM_EPS = 1e-8  # gymnasium NormalizeObservation's default epsilon
+RUN_OPTIONS = ("test_episodes", "predict_episodes", "predict_deterministic", "predict_video", "video_fps")
+
+__all__ = ["A2C", "PPO", "REINFORCE", "PolicyGradient", "CurvePoint", "explained_variance"]
+
+
+class CurvePoint(NamedTuple):
+    """One point of the learning curve: env steps (all ranks), mean episode return, training seconds."""
+
+    env_steps: int
+    mean_return: float
+    wall_time: float
 
 
 def _default_optimizer(params: Any) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=3e-4, eps=1e-5)
 
 
-def explained_variance(values: torch.Tensor, returns: torch.Tensor) -> torch.Tensor:
-    """1 - Var[returns - values] / Var[returns]: 1 is a perfect critic, <= 0 no better than a constant."""
-    var = returns.var()
-    return torch.where(var > 0, 1 - (returns - values).var() / var, torch.zeros_like(var))
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _is_real(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_value(name: str, value: Any, ok: bool, allowed: str) -> None:
+    """Raise ``ValueError`` naming the config key, the value and the allowed range."""
+    if not ok:
+        raise ValueError(f"{KEY}{name} = {value!r} is not allowed: {allowed}")
+
+
+def check_int(name: str, value: Any, minimum: int = 1, optional: bool = False, none_means: str = "") -> None:
+    ok = (optional and value is None) or (_is_int(value) and value >= minimum)
+    check_value(name, value, ok, f"an integer >= {minimum}" + (f", or null ({none_means})" if optional else ""))
+
+
+def check_real(name: str, value: Any, low: float | None = None, high: float | None = None, low_open: bool = False,
+               optional: bool = False, none_means: str = "") -> None:
+    ok = _is_real(value) and (low is None or (value > low if low_open else value >= low)) \
+        and (high is None or value <= high)
+    ok = ok or (optional and value is None)
+    if low is not None and high is not None:
+        allowed = f"a number in [{low}, {high}]"
+    elif low is not None:
+        allowed = f"a finite number {'>' if low_open else '>='} {low}"
+    else:
+        allowed = "a finite number"
+    check_value(name, value, ok, allowed + (f", or null ({none_means})" if optional else ""))
 
 
 class PolicyGradient(pl.LightningModule):
@@ -48,13 +118,14 @@ class PolicyGradient(pl.LightningModule):
 
     Args:
         env_id: any registered gymnasium id (``CartPole-v1``, ``Pendulum-v1``...); ``env_kwargs``
-            go to ``gymnasium.make``.
+            go to ``gymnasium.make``; ``wrappers`` (``[{class_path: ..., init_args: {...}}]``,
+            innermost first) wrap each env, e.g. ``gymnasium.wrappers.FlattenObservation``.
         policy: the actor-critic, called as ``policy(observation_space, action_space)``; a config
             gives ``class_path: rl.ActorCritic`` and its options (``hidden``, ``encoder``...).
         optimizer: injected optimiser (default Adam lr 3e-4, eps 1e-5).
-        num_envs / n_steps: a rollout is ``n_steps`` steps of ``num_envs`` envs.
-        total_timesteps: the training budget in env steps; training stops there, and the linear
-            LR/clip annealing reaches 0 there.
+        num_envs / n_steps: a rollout is ``n_steps`` steps of ``num_envs`` envs (per rank).
+        total_timesteps: the training budget in env steps of one rank; training stops there, and
+            the linear LR/clip annealing reaches 0 there.
         gamma / gae_lambda: discount and GAE lambda (1.0 = Monte-Carlo returns).
         n_epochs / batch_size: passes over each rollout and minibatch size (None = whole rollout).
         ent_coef / vf_coef: entropy bonus and value-loss weights.
@@ -63,11 +134,18 @@ class PolicyGradient(pl.LightningModule):
         anneal_lr: decay every param group's LR linearly to 0 over ``total_timesteps``.
         normalize_obs / normalize_reward: gymnasium running-mean/std wrappers (saved in checkpoints).
         eval_every_steps: env steps per Lightning epoch; each epoch ends with ``n_eval_episodes``
-            deterministic (greedy / mean-action) evaluation episodes on a separate env.
+            deterministic (greedy / mean-action) evaluation episodes on a separate env (also what
+            ``fusegen validate`` and ``fusegen test`` run).
         target_return: stop once the mean evaluation return reaches it (None = never).
         seed: env seed (None = the torch seed set by ``seed_everything``).
         num_threads: torch CPU threads while fitting (tiny MLPs run fastest on 1); None = leave.
         async_envs: step the training envs in subprocesses (``AsyncVectorEnv``) instead of in turn.
+        test_episodes: episodes per rank of ``fusegen test`` (None = ``n_eval_episodes``).
+        predict_episodes / predict_deterministic / predict_video / video_fps: ``fusegen predict``
+            runs this many episodes (greedy by default), writes their returns to
+            ``<run_dir>/predictions/episodes.csv`` and the first one as ``episode_0.mp4`` (GIF
+            without FFmpeg) at ``video_fps`` (None = the env's ``render_fps``, else 30). These
+            run options are no hyperparameters (not in checkpoints), so the command line sets them.
     """
 
     def __init__(self, env_id: str = "CartPole-v1", policy: PolicyFactory | None = None,
@@ -78,52 +156,103 @@ class PolicyGradient(pl.LightningModule):
                  normalize_obs: bool = False, normalize_reward: bool = False, eval_every_steps: int = 5000,
                  n_eval_episodes: int = 10, target_return: float | None = None, seed: int | None = None,
                  num_threads: int | None = 1, env_kwargs: dict[str, Any] | None = None,
-                 async_envs: bool = False) -> None:
+                 wrappers: list[dict[str, Any]] | None = None, async_envs: bool = False,
+                 test_episodes: int | None = None, predict_episodes: int = 10, predict_deterministic: bool = True,
+                 predict_video: bool = True, video_fps: float | None = None) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["policy", "optimizer"])
+        # test/predict options are no hyperparameters: LightningCLI overrides the command line with a
+        # checkpoint's hyperparameters, and `fusegen predict --ckpt_path ...` must honour them
+        self.save_hyperparameters(ignore=["policy", "optimizer", *RUN_OPTIONS])
+        self.run_options = {"test_episodes": test_episodes, "predict_episodes": predict_episodes,
+                                "predict_deterministic": predict_deterministic, "predict_video": predict_video,
+                                "video_fps": video_fps}
+        self.check_hparams()
         self.automatic_optimization = False  # one update = several minibatch steps over one rollout
         self.optimizer_factory = optimizer or _default_optimizer
-        envs = make_vec_env(env_id, 1, env_kwargs=env_kwargs, record_stats=False)
-        self.observation_space, self.action_space = envs.single_observation_space, envs.single_action_space
-        envs.close()
+        env = make_env(env_id, env_kwargs, wrappers)  # the spaces before ClipAction unbounds the actions
+        self.observation_space, self.action_space = env.observation_space, env.action_space
+        env.close()
+        check_action_space(self.action_space, env_id)
         self.policy = (policy or ActorCritic)(self.observation_space, self.action_space)
-        self.env_steps = 0
+        self.env_steps = 0  # this rank's env steps (drives the budget, the annealing and the env seeds)
+        self.total_env_steps = 0  # all ranks' env steps (what is logged and plotted)
         self.num_updates = 0
-        self.history: dict[str, list[tuple[float, ...]]] = {"train": [], "eval": []}
+        self.history: dict[str, list[CurvePoint]] = {"train": [], "eval": []}
         self.wall_time = 0.0  # training seconds, evaluation excluded (the learning-curve x-axis twin)
         self.learning_curve_path: str | None = None
+        self.predictions_path: str | None = None
+        self.video_path: str | None = None
         self._collector: RolloutCollector | None = None
         self._eval_envs: gym.vector.VectorEnv | None = None
         self._pending_norm: dict[str, Any] | None = None
         self._saved_threads: int | None = None
+        self._fitting = False
+        self._eval_time = 0.0
+        self._window = [0.0, 0, 0.0]  # episodes since the last log: sum of returns, count, sum of lengths
+        self._predictions: list[tuple[int, float, int]] = []
+        self._render_fps = 30.0
 
-    # ---- the science: losses (subclasses) ---------------------------------------------------
+    def check_hparams(self) -> None:
+        """Every argument checked before any env is built; errors name the config key."""
+        h = self.hparams
+        if not isinstance(h.env_id, str):
+            check_value("env_id", h.env_id, False, "a gymnasium id string, e.g. CartPole-v1")
+        check_env_id(h.env_id)
+        for name in ("num_envs", "n_steps", "total_timesteps", "n_epochs", "eval_every_steps", "n_eval_episodes"):
+            check_int(name, h[name])
+        check_int("test_episodes", self.run_options["test_episodes"], optional=True, none_means="n_eval_episodes")
+        check_int("predict_episodes", self.run_options["predict_episodes"])
+        check_int("batch_size", h.batch_size, optional=True, none_means="the whole rollout in one minibatch")
+        check_int("num_threads", h.num_threads, optional=True, none_means="leave torch's thread count")
+        check_int("seed", h.seed, minimum=0, optional=True, none_means="the seed_everything seed")
+        check_real("gamma", h.gamma, 0.0, 1.0)
+        check_real("gae_lambda", h.gae_lambda, 0.0, 1.0)
+        check_real("ent_coef", h.ent_coef, 0.0)
+        check_real("vf_coef", h.vf_coef, 0.0)
+        check_real("max_grad_norm", h.max_grad_norm, 0.0, low_open=True, optional=True, none_means="no clipping")
+        check_real("target_return", h.target_return, optional=True, none_means="never stop early")
+        check_real("video_fps", self.run_options["video_fps"], 0.0, low_open=True, optional=True,
+                   none_means="the env's render_fps")
+        if h.env_kwargs is not None and not isinstance(h.env_kwargs, dict):
+            check_value("env_kwargs", h.env_kwargs, False, "a mapping of gymnasium.make keyword arguments")
+        resolve_wrappers(h.wrappers, key=f"{KEY}wrappers")
+
+    # ---- the science: losses (rl.losses) ----------------------------------------------------
     def loss(self, mb: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Actor-critic loss: -A log pi + vf_coef * (V - R)^2 - ent_coef * H (REINFORCE, A2C)."""
+        """REINFORCE / A2C: ``policy_gradient_loss + vf_coef * value_loss - ent_coef * entropy``."""
         logp, entropy, value = self.policy.evaluate_actions(mb["obs"], mb["actions"])
-        adv = self._advantages(mb)
-        pg_loss = -(adv * logp).mean()
-        v_loss = nn.functional.mse_loss(value, mb["returns"])
-        ent = entropy.mean()
-        loss = pg_loss + self.hparams.vf_coef * v_loss - self.hparams.ent_coef * ent
+        pg_loss = policy_gradient_loss(logp, self.advantages(mb))
+        v_loss = value_loss(value, mb["returns"])
+        ent = entropy_bonus(entropy)
+        loss = actor_critic_loss(pg_loss, v_loss, ent, self.hparams.vf_coef, self.hparams.ent_coef)
         return loss, {"policy_loss": pg_loss, "value_loss": v_loss, "entropy": ent}
 
-    def _advantages(self, mb: dict[str, torch.Tensor]) -> torch.Tensor:
+    def advantages(self, mb: dict[str, torch.Tensor]) -> torch.Tensor:
         adv = mb["advantages"]
-        if self.hparams.normalize_advantage and adv.numel() > 1:
-            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-        return adv
+        return normalize_advantages(adv) if self.hparams.normalize_advantage else adv
 
     def progress_remaining(self) -> float:
         """1 at the start of training, 0 at ``total_timesteps`` (drives linear annealing)."""
         return max(0.0, 1.0 - self.env_steps / self.hparams.total_timesteps)
 
+    def update_schedule(self, optimizer: torch.optim.Optimizer) -> None:
+        """Linear LR annealing (subclasses add their own schedules, e.g. PPO's clip range)."""
+        if self.hparams.anneal_lr:
+            for group in optimizer.param_groups:
+                group["lr"] = linear_schedule(group["initial_lr"], self.progress_remaining())
+
+    def stop_early(self, stats: dict[str, list[torch.Tensor]]) -> bool:
+        """Whether to stop this update's epochs early (PPO's target_kl)."""
+        return False
+
+    def extra_metrics(self) -> dict[str, float]:
+        return {}
+
     # ---- envs ----------------------------------------------------------------------------
     def _seed(self) -> int:
         seed = self.hparams.seed if self.hparams.seed is not None else torch.initial_seed() % 2**31
-        rank = self.trainer.global_rank if self._trainer is not None else 0
         # a resumed run must not replay the episodes it has already seen
-        return int(seed + 1000 * rank + self.env_steps) % 2**31
+        return int(seed + 1000 * self.global_rank + self.env_steps) % 2**31
 
     @property
     def collector(self) -> RolloutCollector:
@@ -131,7 +260,7 @@ class PolicyGradient(pl.LightningModule):
             h = self.hparams
             envs = make_vec_env(h.env_id, h.num_envs, seed=self._seed(), normalize_obs=h.normalize_obs,
                                 normalize_reward=h.normalize_reward, gamma=h.gamma, env_kwargs=h.env_kwargs,
-                                asynchronous=h.async_envs)
+                                asynchronous=h.async_envs, wrappers=h.wrappers)
             if self._pending_norm:
                 load_normalization_state(envs, self._pending_norm)
                 self._pending_norm = None
@@ -146,25 +275,90 @@ class PolicyGradient(pl.LightningModule):
         batch["update"] = torch.tensor(self.num_updates)  # guards against collecting with a stale policy
         return batch
 
-    def _normalize_eval_obs(self, obs: np.ndarray) -> np.ndarray:
-        norm = obs_normalizer(self.collector.envs)
-        if norm is None:
+    def _obs_stats(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The frozen training observation statistics (mean, var), if the agent normalises observations."""
+        if self._collector is not None:
+            norm = obs_normalizer(self._collector.envs)
+            return None if norm is None else (norm.obs_rms.mean, norm.obs_rms.var)
+        if self._pending_norm and "obs_rms" in self._pending_norm:  # loaded from a checkpoint
+            state = self._pending_norm["obs_rms"]
+            return np.asarray(state["mean"]), np.asarray(state["var"])
+        return None  # untrained: NormalizeObservation starts at mean 0, var 1, i.e. (almost) the identity
+
+    def normalize_observation(self, obs: np.ndarray) -> np.ndarray:
+        """Apply the frozen training observation normalisation (evaluation never updates it)."""
+        stats = self._obs_stats()
+        if stats is None:
             return obs
-        rms = norm.obs_rms  # frozen training statistics; evaluation never updates them
-        return (obs - rms.mean) / np.sqrt(rms.var + norm.epsilon)
+        mean, var = stats
+        return (obs - mean) / np.sqrt(var + OBS_NORM_EPS)
 
     def evaluate(self, n_episodes: int | None = None, deterministic: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """Returns and lengths of ``n_episodes`` evaluation episodes on a separate env."""
+        """Returns and lengths of ``n_episodes`` evaluation episodes on a separate env (this rank)."""
         h = self.hparams
         n = n_episodes or h.n_eval_episodes
         if self._eval_envs is None or self._eval_envs.num_envs != min(n, 16):
-            self._eval_envs = make_vec_env(h.env_id, min(n, 16), env_kwargs=h.env_kwargs, record_stats=False)
+            self._eval_envs = make_vec_env(h.env_id, min(n, 16), env_kwargs=h.env_kwargs, wrappers=h.wrappers,
+                                           record_stats=False)
             seed = self._seed() + 10_000
         else:
             seed = None  # continue the eval env's RNG: fresh start states every evaluation
         self.policy.eval()
-        return evaluate_policy(self.policy, self._eval_envs, n, deterministic, self._normalize_eval_obs,
-                               self.device, seed)
+        return evaluate_policy(self.policy, self._eval_envs, n, deterministic, self.normalize_observation, self.device,
+                               seed)
+
+    @torch.no_grad()
+    def predict(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
+        """The policy's action for ``obs`` (one observation or a batch), as numpy, for a user's own
+        loop: the frozen observation normalisation is applied and Box actions are clipped to the bounds."""
+        obs = np.asarray(obs)
+        single = obs.shape == self.observation_space.shape
+        batch = obs[None] if single else obs
+        if batch.shape[1:] != self.observation_space.shape:
+            shape = self.observation_space.shape
+            raise ValueError(f"observation shape {obs.shape} does not match the env's observation space: expected "
+                             f"{shape} (one observation) or [B, *{shape}] (a batch)")
+        was_training = self.policy.training
+        self.policy.eval()
+        x = torch.as_tensor(self.normalize_observation(batch), dtype=torch.float32, device=self.device)
+        action = self.policy.act(x, deterministic=deterministic)[0].cpu().numpy()
+        self.policy.train(was_training)
+        if isinstance(self.action_space, gym.spaces.Box):
+            action = np.clip(action, self.action_space.low, self.action_space.high)
+        return action[0] if single else action
+
+    def run_episode(self, seed: int | None = None, deterministic: bool = True, render: bool = False
+                    ) -> tuple[float, int, list[np.ndarray]]:
+        """One episode on a fresh single env: ``(return, length, frames)`` (frames only if ``render``)."""
+        h = self.hparams
+        if render and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+            os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame-rendered envs, headless: no window needed
+        env = make_env(h.env_id, h.env_kwargs, h.wrappers, render_mode="rgb_array" if render else None)
+        self._render_fps = float(self.run_options["video_fps"] or env.metadata.get("render_fps") or 30)
+        if isinstance(env.action_space, gym.spaces.Box):
+            env = gym.wrappers.ClipAction(env)
+        frames: list[np.ndarray] = []
+        try:
+            obs, _ = env.reset(seed=seed)
+            if render:
+                frames.append(env.render())
+            total, length, done = 0.0, 0, False
+            while not done:
+                obs, reward, terminated, truncated, _ = env.step(self.predict(obs, deterministic))
+                total, length, done = total + float(reward), length + 1, terminated or truncated
+                if render:
+                    frames.append(env.render())
+        finally:
+            env.close()
+        return total, length, frames
+
+    # ---- across ranks ------------------------------------------------------------------------
+    def _sum_over_ranks(self, *values: float) -> list[float]:
+        """Sum scalars over all ranks (identity on one process); every rank must call it alike."""
+        if self.trainer.world_size == 1:
+            return [float(v) for v in values]
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        return self.trainer.strategy.reduce(t, reduce_op="sum").tolist()
 
     # ---- Lightning hooks ---------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
@@ -177,6 +371,13 @@ class PolicyGradient(pl.LightningModule):
     def val_dataloader(self) -> DataLoader:
         return DataLoader([0], batch_size=None)  # one "batch" = one round of evaluation episodes
 
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader([0], batch_size=None)
+
+    def predict_dataloader(self) -> DataLoader:
+        episodes = list(range(self.run_options["predict_episodes"]))
+        return DataLoader(episodes, batch_size=None)  # one item = one episode
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         optimizer = self.optimizer_factory(self.policy.parameters())
         for group in optimizer.param_groups:
@@ -186,31 +387,31 @@ class PolicyGradient(pl.LightningModule):
     def configure_callbacks(self) -> list[pl.Callback]:
         return [LearningCurve()]
 
-    def on_fit_start(self) -> None:
-        if self.hparams.num_threads and self.device.type == "cpu":
+    def setup(self, stage: str) -> None:
+        if self.hparams.num_threads and self.device.type == "cpu" and self._saved_threads is None:
             self._saved_threads = torch.get_num_threads()
             torch.set_num_threads(self.hparams.num_threads)
-        self._t0 = time.perf_counter()
-        self._t0_steps = self.env_steps
-        self._wall0 = self.wall_time
-        self._eval_time = 0.0
-        self._episodes: tuple[list[float], list[int]] = ([], [])
 
-    def on_fit_end(self) -> None:
-        if self.hparams.async_envs and self._collector is not None:
-            self._collector.envs.close()  # stop the worker processes (statistics stay readable)
+    def teardown(self, stage: str) -> None:
         if self._saved_threads is not None:
             torch.set_num_threads(self._saved_threads)
             self._saved_threads = None
 
+    def on_fit_start(self) -> None:
+        self._fitting = True
+        self._t0 = time.perf_counter()
+        self._t0_steps = self.total_env_steps
+        self._wall0 = self.wall_time
+        self._eval_time = 0.0
+        self._window = [0.0, 0, 0.0]
+
+    def on_fit_end(self) -> None:
+        self._fitting = False
+        if self.hparams.async_envs and self._collector is not None:
+            self._collector.envs.close()  # stop the worker processes (statistics stay readable)
+
     def _update_wall_time(self) -> None:
         self.wall_time = self._wall0 + time.perf_counter() - self._t0 - self._eval_time
-
-    def update_schedule(self, optimizer: torch.optim.Optimizer) -> None:
-        """Linear LR annealing (subclasses add their own schedules, e.g. PPO's clip range)."""
-        if self.hparams.anneal_lr:
-            for group in optimizer.param_groups:
-                group["lr"] = group["initial_lr"] * self.progress_remaining()
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         if int(batch.pop("update")) != self.num_updates:
@@ -240,56 +441,71 @@ class PolicyGradient(pl.LightningModule):
         self.num_updates += 1
         self._log_update(batch, stats)
 
-    def stop_early(self, stats: dict[str, list[torch.Tensor]]) -> bool:
-        return False
-
-    def _should_log(self) -> bool:
-        # self.log costs ~1 ms per key on CPU; only call it on the steps the loggers will write
-        connector = getattr(self.trainer, "_logger_connector", None)
-        return connector is None or connector.should_update_logs or bool(self.trainer.fast_dev_run)
+    def should_log(self) -> bool:
+        """Whether the loggers write this update: ``self.log`` costs ~1 ms per key on CPU, so it is
+        only called then. One update is one batch, and the loggers write every
+        ``log_every_n_steps`` batches (``trainer.global_step`` counts optimiser steps here, many per
+        update), at the stop, and on every step of a fast_dev_run."""
+        trainer = self.trainer
+        if trainer.fast_dev_run:
+            return True
+        if trainer.log_every_n_steps == 0:
+            return False
+        return self.num_updates % trainer.log_every_n_steps == 0 or trainer.should_stop
 
     def _log_update(self, batch: dict[str, torch.Tensor], stats: dict[str, list[torch.Tensor]]) -> None:
         self._update_wall_time()
         returns, lengths = self.collector.pop_episodes()
-        if returns:
-            self.history["train"].append((self.env_steps, float(np.mean(returns)), self.wall_time))
-            self._episodes[0].extend(returns), self._episodes[1].extend(lengths)
-        if not self._should_log():
+        steps, ret_sum, n_eps, len_sum = self._sum_over_ranks(self.env_steps, sum(returns), len(returns), sum(lengths))
+        self.total_env_steps = int(steps)
+        if n_eps:
+            self.history["train"].append(CurvePoint(self.total_env_steps, ret_sum / n_eps, self.wall_time))
+            self._window = [self._window[0] + ret_sum, self._window[1] + int(n_eps), self._window[2] + len_sum]
+        if not self.should_log():
             return
         elapsed = max(1e-9, self.wall_time - self._wall0)
         metrics = {f"train/{k}": torch.stack(v).mean() for k, v in stats.items()}
         metrics["train/explained_variance"] = explained_variance(batch["values"], batch["returns"])
-        metrics["time/env_steps"] = float(self.env_steps)
-        metrics["time/fps"] = (self.env_steps - self._t0_steps) / elapsed
+        metrics["time/env_steps"] = float(self.total_env_steps)
+        metrics["time/fps"] = (self.total_env_steps - self._t0_steps) / elapsed
         metrics.update(self.extra_metrics())
-        if self._episodes[0]:  # episodes finished since the last log
-            metrics["train/episode_return"] = float(np.mean(self._episodes[0]))
-            metrics["train/episode_length"] = float(np.mean(self._episodes[1]))
+        if self._window[1]:  # episodes finished (on any rank) since the last log
+            metrics["train/episode_return"] = self._window[0] / self._window[1]
+            metrics["train/episode_length"] = self._window[2] / self._window[1]
             self.log("return", metrics["train/episode_return"], prog_bar=True, on_step=True, on_epoch=False,
                      batch_size=1, logger=False)
-            self._episodes = ([], [])
+            self._window = [0.0, 0, 0.0]
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1)
 
-    def extra_metrics(self) -> dict[str, float]:
-        return {}
+    def _evaluate_all_ranks(self, n_episodes: int | None = None) -> tuple[float, float, float]:
+        """``n_episodes`` per rank -> mean return, its std and the mean length over all ranks."""
+        t = time.perf_counter()
+        returns, lengths = self.evaluate(n_episodes)
+        self._eval_time += time.perf_counter() - t
+        total, squares, count, len_sum = self._sum_over_ranks(returns.sum(), (returns ** 2).sum(), len(returns),
+                                                              lengths.sum())
+        mean = total / count
+        return mean, math.sqrt(max(0.0, squares / count - mean ** 2)), len_sum / count
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         if self.trainer.sanity_checking:
             return  # an untrained policy's evaluation says nothing; save the time
-        t = time.perf_counter()
-        returns, lengths = self.evaluate()
-        self._eval_time += time.perf_counter() - t
-        self._update_wall_time()
-        mean = float(returns.mean())
-        self.history["eval"].append((self.env_steps, mean, self.wall_time))
-        self.log_dict({"val/return": mean, "val/return_std": float(returns.std()),
-                       "val/episode_length": float(lengths.mean()), "val/env_steps": float(self.env_steps)},
-                      batch_size=1, sync_dist=True)
+        mean, std, length = self._evaluate_all_ranks()
+        if self._fitting:
+            self._update_wall_time()
+            self.total_env_steps = int(self._sum_over_ranks(self.env_steps)[0])
+            self.history["eval"].append(CurvePoint(self.total_env_steps, mean, self.wall_time))
+        # the values are already reduced over ranks; sync_dist keeps Lightning's DDP check quiet
+        self.log_dict({"val/return": mean, "val/return_std": std, "val/episode_length": length,
+                       "val/env_steps": float(self.total_env_steps)}, batch_size=1, sync_dist=True)
         self.log("val_return", mean, prog_bar=True, logger=False, batch_size=1, sync_dist=True)
-        if self.hparams.target_return is not None:
-            # under DDP every rank must take the same decision (as EarlyStopping does)
-            reached = self.trainer.strategy.reduce_boolean_decision(mean >= self.hparams.target_return, all=False)
-            self.trainer.should_stop = self.trainer.should_stop or reached
+        if self._fitting and self.hparams.target_return is not None and mean >= self.hparams.target_return:
+            self.trainer.should_stop = True  # the same decision on every rank: the mean is global
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        mean, std, length = self._evaluate_all_ranks(self.run_options["test_episodes"])
+        self.log_dict({"test/return": mean, "test/return_std": std, "test/episode_length": length},
+                      batch_size=1, sync_dist=True)
 
     def on_train_epoch_end(self) -> None:
         if self.env_steps >= self.hparams.total_timesteps:
@@ -298,11 +514,55 @@ class PolicyGradient(pl.LightningModule):
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.policy(obs)
 
+    # ---- predict: episodes as files ------------------------------------------------------------
+    def on_predict_epoch_start(self) -> None:
+        self._predictions = []
+        self.video_path = None
+
+    def predict_step(self, batch: Any, batch_idx: int) -> dict[str, float]:
+        h, options = self.hparams, self.run_options
+        episode = int(batch)
+        record = episode == 0 and options["predict_video"]
+        seed = (h.seed if h.seed is not None else 0) + 20_000 + episode
+        deterministic = options["predict_deterministic"]
+        try:
+            ret, length, frames = self.run_episode(seed, deterministic, render=record)
+        except gym.error.DependencyNotInstalled as err:  # rendering needs e.g. pygame
+            warnings.warn(f"no video of episode 0: rendering {h.env_id} failed ({err}); writing returns only",
+                          stacklevel=2)
+            ret, length, frames = self.run_episode(seed, deterministic, render=False)
+        if frames:
+            path = artifact_dir(self.trainer, PREDICTIONS) / "episode_0.mp4"
+            self.video_path = str(write_video(frames, path, fps=self._render_fps))
+        self._predictions.append((episode, ret, length))
+        return {"episode": episode, "return": ret, "length": length}
+
+    def on_predict_epoch_end(self) -> None:
+        rows = torch.tensor(self._predictions, dtype=torch.float64, device=self.device).reshape(-1, 3)
+        if self.trainer.world_size > 1:  # the sampler gives each rank as many episodes (padded with repeats)
+            rows = self.all_gather(rows).reshape(-1, 3)
+        if not self.trainer.is_global_zero:
+            return
+        unique = {int(e): (float(r), int(n)) for e, r, n in rows.tolist()}
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow(["episode", "return", "length"])
+        for e in sorted(unique):
+            writer.writerow([e, repr(unique[e][0]), unique[e][1]])
+        path = artifact_dir(self.trainer, PREDICTIONS) / "episodes.csv"
+        atomic_write_text(path, text.getvalue())
+        self.predictions_path = str(path)
+        returns = [r for r, _ in unique.values()]
+        video = f" and the first episode as {self.video_path}" if self.video_path else ""
+        print(f"fusegen predict: {len(unique)} episodes of {self.hparams.env_id}, mean return "
+              f"{np.mean(returns):.1f}; wrote {path}{video}")
+
     # ---- checkpoints -------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         norm = normalization_state(self._collector.envs) if self._collector is not None else (self._pending_norm or {})
         checkpoint["rl"] = {
-            "env_steps": self.env_steps, "num_updates": self.num_updates, "wall_time": self.wall_time,
+            "env_steps": self.env_steps, "total_env_steps": self.total_env_steps, "num_updates": self.num_updates,
+            "wall_time": self.wall_time,
             "history": {k: [list(p) for p in v] for k, v in self.history.items()},
             "normalization": {k: {"mean": torch.as_tensor(s["mean"]), "var": torch.as_tensor(s["var"]),
                                   "count": float(s["count"])} for k, s in norm.items()},
@@ -314,8 +574,10 @@ class PolicyGradient(pl.LightningModule):
             raise KeyError("checkpoint has no 'rl' state (env steps, normalisation statistics); "
                            "it was not written by an rl agent")
         self.env_steps, self.num_updates = int(state["env_steps"]), int(state["num_updates"])
+        self.total_env_steps = int(state.get("total_env_steps", self.env_steps))
         self.wall_time = float(state["wall_time"])
-        self.history = {k: [tuple(p) for p in v] for k, v in state["history"].items()}
+        self.history = {k: [CurvePoint(int(p[0]), float(p[1]), float(p[2])) for p in v]
+                        for k, v in state["history"].items()}
         norm = {k: {"mean": s["mean"].numpy(), "var": s["var"].numpy(), "count": s["count"]}
                 for k, s in state["normalization"].items()}
         if self._collector is not None:
@@ -326,17 +588,18 @@ class PolicyGradient(pl.LightningModule):
 
 
 class REINFORCE(PolicyGradient):
-    """REINFORCE with a learned value baseline: Monte-Carlo returns (``gae_lambda=1``), one
-    gradient step per batch of episodes. Long rollouts (``n_steps`` >= episode length) keep the
-    returns Monte-Carlo; only truncations and the unfinished tail at a rollout's end bootstrap."""
+    """REINFORCE (Williams 1992) with a learned value baseline: Monte-Carlo returns
+    (``gae_lambda=1``), one gradient step per batch of episodes. Long rollouts (``n_steps`` >=
+    episode length) keep the returns Monte-Carlo; only truncations and the unfinished tail at a
+    rollout's end bootstrap."""
 
     def __init__(self, gae_lambda: float = 1.0, n_steps: int = 512, **kwargs: Any) -> None:
         super().__init__(gae_lambda=gae_lambda, n_steps=n_steps, **kwargs)
 
 
 class A2C(PolicyGradient):
-    """Advantage actor-critic: short rollouts, n-step/GAE advantages, one gradient step each
-    (RL-Zoo/SB3 defaults: 5 steps, RMSprop lr 7e-4, no advantage normalisation)."""
+    """Advantage actor-critic (Mnih et al. 2016): short rollouts, n-step/GAE advantages, one
+    gradient step each (RL-Zoo/SB3 defaults: 5 steps, RMSprop lr 7e-4, no advantage normalisation)."""
 
     def __init__(self, n_steps: int = 5, gae_lambda: float = 1.0, normalize_advantage: bool = False,
                  optimizer: OptimizerCallable | None = None, **kwargs: Any) -> None:
@@ -346,7 +609,8 @@ class A2C(PolicyGradient):
 
 
 class PPO(PolicyGradient):
-    """Proximal policy optimisation: clipped surrogate objective over ``n_epochs`` of minibatches.
+    """Proximal policy optimisation (Schulman et al. 2017): clipped surrogate objective over
+    ``n_epochs`` of minibatches.
 
     Args (besides ``PolicyGradient``'s):
         clip_range: the ratio clip epsilon; ``anneal_clip`` decays it linearly like the LR.
@@ -357,32 +621,34 @@ class PPO(PolicyGradient):
     def __init__(self, clip_range: float = 0.2, anneal_clip: bool = False,
                  clip_range_vf: float | None = None, target_kl: float | None = None, n_epochs: int = 10,
                  batch_size: int | None = 64, n_steps: int = 2048 // 8, **kwargs: Any) -> None:
+        check_real("clip_range", clip_range, 0.0, low_open=True)
+        check_real("clip_range_vf", clip_range_vf, 0.0, low_open=True, optional=True, none_means="no value clipping")
+        check_real("target_kl", target_kl, 0.0, low_open=True, optional=True, none_means="no early stop")
         super().__init__(n_epochs=n_epochs, batch_size=batch_size, n_steps=n_steps, **kwargs)
         self.clip = clip_range
 
     def update_schedule(self, optimizer: torch.optim.Optimizer) -> None:
         super().update_schedule(optimizer)
-        self.clip = self.hparams.clip_range * (self.progress_remaining() if self.hparams.anneal_clip else 1.0)
+        h = self.hparams
+        self.clip = linear_schedule(h.clip_range, self.progress_remaining()) if h.anneal_clip else h.clip_range
 
     def loss(self, mb: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``clipped_surrogate_loss + vf_coef * (clipped_)value_loss - ent_coef * entropy``."""
+        h = self.hparams
         logp, entropy, value = self.policy.evaluate_actions(mb["obs"], mb["actions"])
-        adv = self._advantages(mb)
         log_ratio = logp - mb["logprobs"]
         ratio = log_ratio.exp()
-        pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - self.clip, 1 + self.clip)).mean()
-        vf_clip = self.hparams.clip_range_vf
-        if vf_clip is None:
-            v_loss = nn.functional.mse_loss(value, mb["returns"])
+        pg_loss = clipped_surrogate_loss(ratio, self.advantages(mb), self.clip)
+        if h.clip_range_vf is None:
+            v_loss = value_loss(value, mb["returns"])
         else:
-            v_clipped = mb["values"] + (value - mb["values"]).clamp(-vf_clip, vf_clip)
-            v_loss = torch.max((value - mb["returns"]) ** 2, (v_clipped - mb["returns"]) ** 2).mean()
-        ent = entropy.mean()
-        loss = pg_loss + self.hparams.vf_coef * v_loss - self.hparams.ent_coef * ent
+            v_loss = clipped_value_loss(value, mb["values"], mb["returns"], h.clip_range_vf)
+        ent = entropy_bonus(entropy)
+        loss = actor_critic_loss(pg_loss, v_loss, ent, h.vf_coef, h.ent_coef)
         with torch.no_grad():
-            approx_kl = ((ratio - 1) - log_ratio).mean()
-            clip_fraction = ((ratio - 1).abs() > self.clip).float().mean()
-        return loss, {"policy_loss": pg_loss, "value_loss": v_loss, "entropy": ent, "approx_kl": approx_kl,
-                      "clip_fraction": clip_fraction}
+            kl, clipped = approx_kl(log_ratio), clip_fraction(ratio, self.clip)
+        return loss, {"policy_loss": pg_loss, "value_loss": v_loss, "entropy": ent, "approx_kl": kl,
+                      "clip_fraction": clipped}
 
     def stop_early(self, stats: dict[str, list[torch.Tensor]]) -> bool:
         target = self.hparams.target_kl
@@ -390,3 +656,4 @@ class PPO(PolicyGradient):
 
     def extra_metrics(self) -> dict[str, float]:
         return {"train/clip_range": self.clip}
+

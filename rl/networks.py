@@ -59,7 +59,8 @@ class ActorCritic(nn.Module):
         if not isinstance(observation_space, gym.spaces.Box):
             raise ValueError(f"observation space {observation_space} is not supported; supported: Box "
                              f"(vectors, or images with an encoder). Wrap Dict/Tuple/Discrete observations with "
-                             f"gymnasium.wrappers.FlattenObservation")
+                             f"gymnasium.wrappers.FlattenObservation (in a config: model.init_args.wrappers: "
+                             f"[{{class_path: gymnasium.wrappers.FlattenObservation}}])")
         self.discrete = isinstance(action_space, gym.spaces.Discrete)
         self.encoder = encoder
         self.image_obs = len(observation_space.shape) == 3

@@ -27,7 +27,8 @@ def _fake_root(tmp_path: Path, data_root: Path, *, fsdd: bool = True) -> Path:
 def test_missing_root_names_path_env_and_download(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere"
     for make in (lambda: AVMNISTDataModule(root=str(missing)), lambda: MNISTDataModule(root=str(missing)),
-                 lambda: FSDDDataModule(root=str(missing)), lambda: SST2DataModule(root=str(missing), tokenizer="byte")):
+                 lambda: FSDDDataModule(root=str(missing)),
+                 lambda: SST2DataModule(root=str(missing), tokenizer="byte")):
         with pytest.raises(FileNotFoundError) as err:
             make().setup()
         msg = str(err.value)

@@ -12,7 +12,9 @@ from fusion import (
     LeNetAudioEncoder,
     LeNetImageEncoder,
     MelCNNAudioEncoder,
+    RNNEncoder,
     SmallCNNImageEncoder,
+    SpecAugment,
     TextEncoder,
     Wav2Vec2AudioEncoder,
 )
@@ -99,10 +101,10 @@ def test_text_encoder_unknown_path_or_type_is_a_clear_error(tmp_path):
 
 
 def test_spec_augment_masks_only_in_training():
-    enc = AudioEncoder(width=4, blocks=2, out_dim=8, freq_mask=20, time_mask=20, num_masks=2)
+    enc = AudioEncoder(width=4, blocks=2, out_dim=8, spec_augment=SpecAugment(freq_mask=20, time_mask=20, num_masks=2))
     spec = torch.rand(8, 1, 112, 112) + 0.5  # no exact zeros of its own
     enc.train()
-    masked = enc.spec_augment(spec)
+    masked = enc.masks(spec)
     zero_rows = (masked == 0).all(dim=-1).sum(dim=-1).flatten()  # masked frequency bins per example
     zero_cols = (masked == 0).all(dim=-2).sum(dim=-1).flatten()  # masked time frames per example
     assert (zero_rows + zero_cols).sum() > 0              # something was masked
@@ -110,12 +112,12 @@ def test_spec_augment_masks_only_in_training():
     assert (zero_rows <= 2 * 20).all() and (zero_cols <= 2 * 20).all()
     enc.eval()
     assert torch.equal(enc(spec), enc(spec))  # deterministic at eval: no masking
-    assert len(AudioEncoder(width=4, blocks=2).spec_augment) == 0  # off by default
+    assert len(AudioEncoder(width=4, blocks=2).masks) == 0  # off by default
 
 
 def test_random_warp_moves_formants_by_the_drawn_factor_and_only_in_training():
     torch.manual_seed(0)
-    enc = AudioEncoder(width=4, blocks=2, out_dim=8, freq_warp=0.2, time_warp=0.2)
+    enc = AudioEncoder(width=4, blocks=2, out_dim=8, spec_augment=SpecAugment(freq_warp=0.2, time_warp=0.2))
     spec = torch.zeros(16, 1, 56, 56)
     spec[:, :, 20, :] = 1.0  # one "formant" at bin 20, all frames
     warped = enc.random_warp(spec)
@@ -127,5 +129,79 @@ def test_random_warp_moves_formants_by_the_drawn_factor_and_only_in_training():
     enc.eval()
     x = torch.rand(4, 1, 112, 112)
     assert torch.equal(enc(x), enc(x))  # no warp at eval
-    with pytest.raises(ValueError, match=r"freq_warp must be in \[0, 1\).*got 1.5"):
-        AudioEncoder(freq_warp=1.5)
+    with pytest.raises(ValueError, match=r"SpecAugment.freq_warp must be in \[0, 1\).*got 1.5"):
+        AudioEncoder(spec_augment=SpecAugment(freq_warp=1.5))
+
+
+def test_spec_augment_fields_are_checked_by_name():
+    assert SpecAugment() == SpecAugment(freq_mask=0, time_mask=0, num_masks=2, freq_warp=0.0, time_warp=0.0)
+    with pytest.raises(ValueError, match=r"SpecAugment.time_mask must be an integer >= 0, got -3"):
+        SpecAugment(time_mask=-3)
+    with pytest.raises(ValueError, match=r"SpecAugment.num_masks must be an integer >= 0, got 1.5"):
+        SpecAugment(num_masks=1.5)
+    with pytest.raises(ValueError, match=r"SpecAugment.time_warp must be in \[0, 1\).*got -0.1"):
+        SpecAugment(time_warp=-0.1)
+    masks = AudioEncoder(width=4, blocks=2, spec_augment={"freq_mask": 5, "time_mask": 7, "num_masks": 3}).masks
+    assert [type(m).__name__ for m in masks] == ["FrequencyMasking"] * 3 + ["TimeMasking"] * 3
+    assert [m.mask_param for m in masks] == [5] * 3 + [7] * 3
+
+
+def test_spec_augment_config_syntax_parses_through_the_cli(tmp_path):
+    import json
+
+    from experiments.cli import FusegenCLI
+
+    model = {"class_path": "fusion.UnimodalClassifier", "init_args": {
+        "modality": "audio", "num_classes": 10,
+        "encoder": {"class_path": "fusion.AudioEncoder", "init_args": {
+            "width": 8, "blocks": 5, "spec_pool": 2, "out_dim": 64,
+            "spec_augment": {"freq_mask": 8, "time_mask": 8, "num_masks": 2, "freq_warp": 0.1, "time_warp": 0.1}}}}}
+    cli = FusegenCLI(args=["--model", json.dumps(model), "--trainer.logger", "false",
+                           "--trainer.default_root_dir", str(tmp_path)], run=False)
+    enc = cli.model.encoders["audio"]
+    assert enc.augment == SpecAugment(freq_mask=8, time_mask=8, num_masks=2, freq_warp=0.1, time_warp=0.1)
+    assert "freq_mask=8, time_mask=8, num_masks=2, freq_warp=0.1, time_warp=0.1" in repr(enc)
+    assert len(enc.masks) == 4
+
+
+@pytest.mark.parametrize("cell,bidirectional", [("lstm", True), ("gru", False), ("gru", True)])
+def test_rnn_encoder_ignores_padding(cell, bidirectional):
+    torch.manual_seed(0)
+    enc = RNNEncoder(cell=cell, vocab_size=50, embed_dim=8, hidden_size=6, num_layers=2,
+                     bidirectional=bidirectional, out_dim=5).eval()
+    short = {"input_ids": torch.tensor([[4, 9, 13, 0], [7, 8, 0, 0]]),
+             "attention_mask": torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])}
+    padded = {"input_ids": torch.tensor([[4, 9, 13, 0, 0, 0, 0], [7, 8, 0, 0, 0, 0, 0]]),
+              "attention_mask": torch.tensor([[1, 1, 1, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0, 0]])}
+    a, b = enc(short), enc(padded)
+    assert a.shape == (2, 4, 5) and b.shape == (2, 7, 5)
+    torch.testing.assert_close(a[0, :3], b[0, :3])
+    torch.testing.assert_close(a[1, :2], b[1, :2])
+    assert (b[0, 3:] == 0).all() and (b[1, 2:] == 0).all()  # padded steps give 0
+    # padding content is never read, and the sentence alone gives the same states
+    noisy = dict(padded, input_ids=padded["input_ids"].clone())
+    noisy["input_ids"][1, 2:] = 33
+    torch.testing.assert_close(enc(noisy), b)
+    alone = enc({"input_ids": torch.tensor([[7, 8]]), "attention_mask": torch.tensor([[1, 1]])})
+    torch.testing.assert_close(alone[0], b[1, :2])
+    if bidirectional:  # the backward direction starts at the last valid token, not at the padding
+        unmasked = enc(padded["input_ids"])
+        assert not torch.allclose(unmasked[1, :2], b[1, :2])
+
+
+def test_rnn_encoder_frames_spectrograms_and_waveforms():
+    enc = RNNEncoder(cell="lstm", hidden_size=8, bidirectional=True, input_dim=12)
+    assert enc.out_dim == 16
+    assert enc(torch.randn(2, 30, 12)).shape == (2, 30, 16)        # [B, T, F] frames
+    assert enc(torch.randn(2, 1, 12, 25)).shape == (2, 25, 16)     # [B, 1, F, T] spectrogram
+    wave = RNNEncoder(cell="gru", hidden_size=8, n_mels=20, out_dim=4)
+    assert wave(torch.randn(2, 4000)).shape == (2, 4000 // 128 + 1, 4)  # log-mel frames, hop 128
+    assert wave(torch.randn(2, 1, 4000)).shape == (2, 32, 4)
+    assert wave.accepts(torch.randn(2, 4000)) and not wave.accepts(torch.randn(2, 30, 12))
+    tokens = RNNEncoder(vocab_size=10)
+    assert tokens.accepts({"input_ids": torch.zeros(2, 5, dtype=torch.long)})
+    assert not tokens.accepts(torch.randn(2, 5))
+    with pytest.raises(ValueError, match=r"cell must be one of \['gru', 'lstm'\], got 'rnn'"):
+        RNNEncoder(cell="rnn")
+    with pytest.raises(TypeError, match="no vocab_size"):
+        RNNEncoder()({"input_ids": torch.zeros(1, 3, dtype=torch.long), "attention_mask": torch.ones(1, 3)})

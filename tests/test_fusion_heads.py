@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fusion import AttentionFusion, ConcatFusion, GatedFusion, LowRankTensorFusion, TensorFusion
+from fusion import AttentionFusion, ConcatFusion, GatedFusion, LowRankTensorFusion, MeanFusion, TensorFusion
 
-HEADS = [ConcatFusion, AttentionFusion, GatedFusion, TensorFusion, LowRankTensorFusion]
+HEADS = [ConcatFusion, MeanFusion, AttentionFusion, GatedFusion, TensorFusion, LowRankTensorFusion]
 DIMS = {"image": 12, "audio": 8, "text": 6}
 
 
@@ -90,3 +90,43 @@ def test_gated_weights_sum_to_one_over_present_modalities():
     torch.testing.assert_close(w[:4].sum(-1), torch.ones(4))
     assert w[4].sum() == 0 and (out[4] == 0).all()  # nothing present -> zeros, not NaN
     assert w[1, 0] == 0 and w[3, 1] == 0
+
+
+
+
+
+@pytest.mark.parametrize("head_cls", HEADS, ids=lambda c: c.__name__)
+def test_head_output_does_not_depend_on_the_order_of_the_features_dict(head_cls):
+    """Heads are built with in_dims in one order; a batch dict in another order gives the same vector."""
+    torch.manual_seed(0)
+    head = head_cls(DIMS).eval()
+    f = features()
+    present = {"image": torch.tensor([1, 0, 1, 1, 1]).bool(), "audio": torch.tensor([1, 1, 0, 1, 1]).bool(),
+               "text": torch.tensor([1, 1, 1, 0, 1]).bool()}
+    text_mask = torch.ones(5, 7, dtype=torch.bool)
+    text_mask[:, 5:] = False
+    out = head(f, present=present, token_mask={"text": text_mask})
+    reordered = dict(reversed(list(f.items())))
+    assert list(reordered) != list(DIMS)
+    again = head(reordered, present=dict(reversed(list(present.items()))), token_mask={"text": text_mask})
+    torch.testing.assert_close(again, out)
+
+
+def test_mean_fusion_is_the_average_of_projected_vectors_over_present_modalities():
+    head = MeanFusion({"a": 2, "b": 3}, out_dim=2)
+    with torch.no_grad():
+        head.proj["a"].weight.copy_(torch.eye(2))
+        head.proj["a"].bias.zero_()
+        head.proj["b"].weight.copy_(torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]]))
+        head.proj["b"].bias.copy_(torch.tensor([1.0, -1.0]))
+    a = torch.tensor([[[1.0, 2.0], [3.0, 4.0]],   # sample 0: mean (2, 3)
+                      [[5.0, 1.0], [9.0, 9.0]]])  # sample 1: second token is padding -> (5, 1)
+    b = torch.tensor([[[1.0, 2.0, 3.0]], [[7.0, 7.0, 7.0]]])
+    out = head({"a": a, "b": b}, present={"b": torch.tensor([True, False])},
+               token_mask={"a": torch.tensor([[True, True], [True, False]])})
+    # sample 0: ((2, 3) + (1+2+3+1, -1)) / 2 = (4.5, 1); sample 1: b absent -> a alone = (5, 1)
+    torch.testing.assert_close(out, torch.tensor([[4.5, 1.0], [5.0, 1.0]]))
+    none_present = {"a": torch.zeros(2, dtype=torch.bool), "b": torch.zeros(2, dtype=torch.bool)}
+    nothing = head({"a": a, "b": b}, present=none_present)
+    assert (nothing == 0).all()
+    assert head.out_dim == 2

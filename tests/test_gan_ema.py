@@ -13,7 +13,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from datamodules import SyntheticMultimodalDataModule
 from generative import GAN, Discriminator, Generator
-from generative.module import ema_decay_at, get_ema_warmup_multi_avg_fn
+from generative.ema import ema_decay_at, get_ema_warmup_multi_avg_fn
 
 
 def test_warmup_decay_rises_to_ema_decay() -> None:

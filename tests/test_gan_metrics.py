@@ -52,9 +52,10 @@ def test_frechet_distance_separates_digits_from_noise(data_root) -> None:
 
 def test_extractor_accepts_other_sizes_and_rgb() -> None:
     clf = DigitClassifier()
-    feats = metrics.ClassifierFeatures(clf)
+    feats = metrics.classifier_features(clf)
     feats.train()
-    assert not feats.classifier.training  # the metric's extractor never leaves eval mode
+    assert not clf.training and not clf.body[1].training  # the metric's extractor never leaves eval mode
+    assert not any(p.requires_grad for p in clf.parameters()) and feats.num_features == 128
     assert feats(torch.rand(2, 3, 64, 64) * 2 - 1).shape == (2, DigitClassifier.num_features)
     assert feats(torch.rand(2, 1, 32, 32)).shape == (2, DigitClassifier.num_features)
 
@@ -63,3 +64,41 @@ def test_extractor_accepts_other_sizes_and_rgb() -> None:
 def test_full_classifier_reaches_99_percent(data_root) -> None:
     load_digit_classifier()
     assert metrics.classifier_info()["test_acc"] >= 0.99
+
+
+def test_damaged_cache_is_detected_and_rebuilt(tmp_path, monkeypatch, caplog) -> None:
+    import json
+    import logging
+
+    trained = []
+
+    def fake_training(epochs, train_limit, seed, root):
+        torch.manual_seed(len(trained))
+        trained.append(1)
+        return DigitClassifier().eval(), {"test_acc": 0.5, "epochs": epochs, "train_limit": train_limit}
+
+    monkeypatch.setattr(metrics, "train_digit_classifier", fake_training)
+    weights, meta = tmp_path / "digit-cnn-e1-n64-s0.safetensors", tmp_path / "digit-cnn-e1-n64-s0.json"
+    first = load_digit_classifier(epochs=1, train_limit=64, cache=tmp_path)
+    assert len(trained) == 1 and json.loads(meta.read_text())["sha256"] == metrics._sha256(weights)
+    again = load_digit_classifier(epochs=1, train_limit=64, cache=tmp_path)  # intact: loaded, not retrained
+    assert len(trained) == 1
+    torch.testing.assert_close(again.fc.weight, first.fc.weight)
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".fusegen-tmp")]  # atomic writes left nothing
+
+    weights.write_bytes(weights.read_bytes()[:1000])  # truncated (a full disk, a killed copy)
+    with caplog.at_level(logging.WARNING, logger="generative.metrics"):
+        load_digit_classifier(epochs=1, train_limit=64, cache=tmp_path)
+    assert len(trained) == 2
+    assert f"{weights} is incomplete or corrupt" in caplog.text
+    assert json.loads(meta.read_text())["sha256"] == metrics._sha256(weights)  # the rebuilt entry is consistent
+
+    meta.unlink()  # killed after the weights, before the JSON that completes the entry
+    load_digit_classifier(epochs=1, train_limit=64, cache=tmp_path)
+    assert len(trained) == 3
+
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0xFF  # one flipped byte: same size, wrong hash
+    weights.write_bytes(bytes(data))
+    load_digit_classifier(epochs=1, train_limit=64, cache=tmp_path)
+    assert len(trained) == 4

@@ -1,4 +1,5 @@
-"""DCGAN networks: shapes for every supported size, conditioning, spectral norm, init, errors."""
+"""DCGAN networks: shapes for every supported size and channel count, conditioning, spectral norm, init,
+errors."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch
 from generative import Discriminator, Generator
 
 
-@pytest.mark.parametrize("size,channels", [(28, 1), (32, 1), (64, 3)])
+@pytest.mark.parametrize("size,channels", [(16, 3), (28, 1), (32, 1), (32, 3), (64, 1), (64, 3), (128, 3)])
 @pytest.mark.parametrize("cond_dim", [0, 10])
 def test_shapes(size: int, channels: int, cond_dim: int) -> None:
     g = Generator(ngf=8, channels=channels, image_size=size, cond_dim=cond_dim)
@@ -48,3 +49,21 @@ def test_spectral_norm_and_bad_size() -> None:
     assert any("parametrizations" in n or "weight_orig" in n for n, _ in d.named_parameters())
     with pytest.raises(ValueError, match="image_size=48"):
         Generator(image_size=48)
+    with pytest.raises(ValueError, match="image_size=100"):
+        Discriminator(image_size=100)
+    with pytest.raises(ValueError, match="channels=0"):
+        Generator(channels=0)
+
+
+def test_discriminator_names_a_shape_mismatch() -> None:
+    d = Discriminator(ndf=8, channels=3, image_size=32)
+    with pytest.raises(ValueError, match=r"takes \[B, 3, 32, 32\] images but got \[2, 1, 28, 28\]"):
+        d(torch.randn(2, 1, 28, 28))
+
+
+def test_stage_plan_doubles_per_stage() -> None:
+    from generative.networks import stages
+
+    assert stages(28) == [(3, 1, 0), (3, 2, 0), (4, 2, 1), (4, 2, 1)]  # 1 -> 3 -> 7 -> 14 -> 28
+    assert stages(64) == [(4, 1, 0)] + [(4, 2, 1)] * 4  # 1 -> 4 -> 8 -> 16 -> 32 -> 64 (DCGAN)
+    assert len(stages(256)) == 7

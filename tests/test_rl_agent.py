@@ -29,8 +29,8 @@ def test_ppo_cartpole_learns(in_tmp: Path) -> None:
     assert evals[-1] >= 150, f"PPO did not learn CartPole: eval returns {evals}"  # random policy: ~20
     untrained, _ = type(agent)(env_id="CartPole-v1").evaluate(10)
     assert untrained.mean() < 60, untrained  # the greedy untrained policy falls over quickly
+    assert Path(agent.learning_curve_path).resolve() == in_tmp / "runs" / "ppo-cartpole" / "pictures" / "learning_curve.png"
     assert Path(agent.learning_curve_path).is_file()
-    assert Path(agent.learning_curve_path).parent.parent.name == "tensorboard"
     metrics = cli.trainer.logged_metrics
     for key in ("train/policy_loss", "train/value_loss", "train/entropy", "train/approx_kl",
                 "train/clip_fraction", "train/explained_variance", "time/fps", "val/return"):
@@ -88,6 +88,19 @@ def test_config_fast_dev_run(config: Path, in_tmp: Path) -> None:
     assert agent.env_steps == agent.num_updates * agent.hparams.num_envs * agent.hparams.n_steps
     returns, lengths = agent.evaluate(3)
     assert returns.shape == (3,) and (lengths > 0).all()
+    assert "train/policy_loss" in cli.trainer.logged_metrics  # fast_dev_run logs every update
+
+
+def test_logs_only_every_log_every_n_steps_updates(in_tmp: Path) -> None:
+    import csv
+
+    cli = fit(PPO_CP, *_short("gate", "--trainer.max_epochs", "3", "--trainer.log_every_n_steps", "2"))
+    assert cli.model.num_updates == 6
+    with open(in_tmp / "runs" / "gate" / "csv" / "version_0" / "metrics.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["train/policy_loss"]]
+    # updates 2, 4 and 6 (Lightning's steps 1, 3, 5), each with the env steps of all ranks so far
+    assert [int(r["step"]) for r in rows] == [1, 3, 5]
+    assert [float(r["time/env_steps"]) for r in rows] == [512.0, 1024.0, 1536.0]
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)

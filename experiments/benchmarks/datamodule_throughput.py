@@ -1,6 +1,6 @@
 """AV-MNIST datamodule: first build, cached reload, and loader speed vs. a training step.
 
-    .venv/bin/python experiments/benchmarks/datamodule_throughput.py [--builds 3 --reloads 5]
+    .venv/bin/python -m experiments.benchmarks.datamodule_throughput [--builds 3 --reloads 5]
 
 Measured side by side in one run on the same machine (times are noisy on shared cores, so
 each figure is a median over repeats and the headline is the ratio loader / training step):
@@ -19,20 +19,15 @@ Prints one JSON line on stdout; progress goes to stderr.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+from experiments.benchmarks.common import emit, log, parse, parser
 
 
 def timed(fn) -> float:
@@ -76,15 +71,12 @@ def train_step_rate(dm, steps: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--builds", type=int, default=3, help="first builds into fresh caches (median)")
-    parser.add_argument("--reloads", type=int, default=5)
-    parser.add_argument("--loader-batches", type=int, default=200)
-    parser.add_argument("--train-steps", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=3, help="repeats of each throughput figure (median)")
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    p = parser(__doc__, repeats=3, threads=2)
+    p.add_argument("--builds", type=int, default=3, help="first builds into fresh caches (median)")
+    p.add_argument("--reloads", type=int, default=5)
+    p.add_argument("--loader-batches", type=int, default=200)
+    p.add_argument("--train-steps", type=int, default=10)
+    args = parse(p)
 
     with tempfile.TemporaryDirectory(prefix="fusegen-bench-") as tmp:
         os.environ["FUSEGEN_CACHE"] = tmp  # empty cache: the first build includes the MNIST gunzip
@@ -133,7 +125,7 @@ def main() -> None:
         "loader_noise_over_train_step": round(med["workers0_noise"] / med["train_step"], 1),
         "repeats": args.repeats,
     }
-    print(json.dumps(result))
+    emit(result)
 
 
 if __name__ == "__main__":

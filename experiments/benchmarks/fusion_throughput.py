@@ -9,16 +9,13 @@ with the progress bar, loggers, checkpointing, model summary and validation swit
 one would do to measure); ``training_step``'s ``self.log`` still runs. The clock covers the
 steady-state steps only (from the first step after ``--warmup`` to the last), not Trainer setup.
 
-    .venv/bin/python experiments/benchmarks/fusion_throughput.py [--steps 30 --repeats 5 --batch-size 64]
+    .venv/bin/python -m experiments.benchmarks.fusion_throughput [--steps 30 --repeats 5 --batch-size 64]
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import statistics
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -27,6 +24,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from experiments.benchmarks.common import emit, log, parse, parser
 from experiments.cli import TRAINER_DEFAULTS, FusegenCLI
 
 REPO = Path(__file__).resolve().parents[2]
@@ -105,16 +103,13 @@ def inference_latency_ms(model: pl.LightningModule, batch: dict, repeats: int) -
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__, repeats=5, threads=1)
     p.add_argument("--config", default="avmnist-concat.yaml", help="model trained in the throughput comparison")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--latency-repeats", type=int, default=10)
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse(p)
     warnings.filterwarnings("ignore")
     pl.seed_everything(0, verbose=False)
 
@@ -124,8 +119,7 @@ def main() -> None:
     for r in range(args.repeats):
         lightning.append(lightning_throughput(copy.deepcopy(base), batches, args.warmup))
         plain.append(plain_throughput(copy.deepcopy(base), batches, args.warmup))
-        print(f"repeat {r}: lightning {lightning[-1]:.0f} samples/s, plain {plain[-1]:.0f} samples/s",
-              file=sys.stderr, flush=True)
+        log(f"repeat {r}: lightning {lightning[-1]:.0f} samples/s, plain {plain[-1]:.0f} samples/s")
     ratios = [a / b for a, b in zip(lightning, plain)]
 
     latency_batch = make_batches(1, 256, seed=1)[0]
@@ -133,9 +127,9 @@ def main() -> None:
     for name in ("concat", "attention"):
         model = build_model(f"avmnist-{name}.yaml")
         latency[name] = round(inference_latency_ms(model, latency_batch, args.latency_repeats), 1)
-        print(f"{name}: {latency[name]} ms per batch of 256", file=sys.stderr, flush=True)
+        log(f"{name}: {latency[name]} ms per batch of 256")
 
-    print(json.dumps({
+    emit({
         "benchmark": "fusion_throughput", "model": f"experiments/fusion/{args.config}", "device": "cpu",
         "torch_threads": args.threads, "batch_size": args.batch_size, "steps": args.steps, "repeats": args.repeats,
         "lightning_samples_per_s": round(statistics.median(lightning), 1),
@@ -144,8 +138,9 @@ def main() -> None:
         "ratio_of_medians": round(statistics.median(lightning) / statistics.median(plain), 3),
         "ratio_target": 0.95,
         "inference_ms_per_batch_256": latency,
-        "lightning_setup": "progress bar, loggers, checkpointing, model summary, validation off; steady-state steps timed",
-    }))
+        "lightning_setup": "progress bar, loggers, checkpointing, model summary, validation off; "
+                           "steady-state steps timed",
+    })
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
 """The generative results of generative/README.md, one part per invocation (run them side by side):
 
-    .venv/bin/python experiments/benchmarks/gan_results.py dcgan   --iters 2000 --score-at 1000 --seed S  # FID vs reference
-    .venv/bin/python experiments/benchmarks/gan_results.py dcgan-summary --iters 2000  # medians over the seeds run
-    .venv/bin/python experiments/benchmarks/gan_results.py cdcgan  --iters 2000   # conditional agreement
-    .venv/bin/python experiments/benchmarks/gan_results.py cdcgan  --iters 3000 --resume  # ... continued
-    .venv/bin/python experiments/benchmarks/gan_results.py speech  --iters 8000   # speech-to-digit agreement (held-out speaker)
+    python -m experiments.benchmarks.gan_results dcgan   --iters 2000 --score-at 1000 --seed S  # FID vs reference
+    python -m experiments.benchmarks.gan_results dcgan-summary --iters 2000  # medians over the seeds run
+    python -m experiments.benchmarks.gan_results cdcgan  --iters 2000   # conditional agreement
+    python -m experiments.benchmarks.gan_results cdcgan  --iters 3000 --resume  # ... continued
+    python -m experiments.benchmarks.gan_results speech  --iters 8000   # speech-to-digit, held-out speaker
 
 Each trains through the fusegen CLI configs of experiments/gan/ (with the overrides printed in
 its JSON line), scores with the cached MNIST digit classifier (generative/metrics.py), copies
@@ -19,7 +19,6 @@ import json
 import shlex
 import shutil
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -27,13 +26,12 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gan_reference import classifier_scores, reference_dcgan  # noqa: E402
-
-from datamodules import MNISTDataModule  # noqa: E402
-from experiments.cli import FusegenCLI  # noqa: E402
-from generative import Discriminator, Generator, load_digit_classifier  # noqa: E402
-from generative.module import get_ema_warmup_multi_avg_fn  # noqa: E402
+from datamodules import MNISTDataModule
+from experiments.benchmarks.common import emit, log, parse, parser
+from experiments.benchmarks.gan_reference import classifier_scores, reference_dcgan
+from experiments.cli import FusegenCLI
+from generative import Discriminator, Generator, load_digit_classifier
+from generative.module import get_ema_warmup_multi_avg_fn
 
 REPO = Path(__file__).resolve().parents[2]
 ASSETS = REPO / "generative" / "assets"
@@ -46,7 +44,7 @@ def cli(config: str, experiment: str, iters: int, width: int, extra: list[str]) 
             "--trainer.max_epochs", "-1", "--trainer.enable_progress_bar", "false",
             "--model.init_args.generator.init_args.ngf", str(width),
             "--model.init_args.discriminator.init_args.ndf", str(width), *extra]
-    print("fusegen fit " + " ".join(args), file=sys.stderr)
+    log("fusegen fit " + " ".join(args))
     return FusegenCLI(args=args, run=False)
 
 
@@ -203,29 +201,27 @@ def dcgan_summary(iters: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=["dcgan", "cdcgan", "speech", "dcgan-summary"])
-    parser.add_argument("--iters", type=int, default=1000)
-    parser.add_argument("--width", type=int, default=32)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--override", default="", help="extra fusegen CLI arguments, one string: --override='--a 1 --b 2'")
-    parser.add_argument("--score-at", type=lambda v: [int(x) for x in v.split(",") if x], default=[],
+    p = parser(__doc__, threads=0)
+    p.add_argument("part", choices=["dcgan", "cdcgan", "speech", "dcgan-summary"])
+    p.add_argument("--iters", type=int, default=1000)
+    p.add_argument("--width", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--override", default="", help="extra fusegen CLI arguments, one string: --override='--a 1 --b 2'")
+    p.add_argument("--score-at", type=lambda v: [int(x) for x in v.split(",") if x], default=[],
                         help="dcgan: also score both runs after these batch counts, e.g. 1000 (comma-separated)")
-    parser.add_argument("--resume", action="store_true", help="cdcgan/speech: continue the part's last checkpoint to --iters")
-    parser.add_argument("--tag", default="", help="suffix of the result file and run folder (keeps variants apart)")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    p.add_argument("--resume", action="store_true",
+                   help="cdcgan/speech: continue the part's last checkpoint to --iters")
+    p.add_argument("--tag", default="", help="suffix of the result file and run folder (keeps variants apart)")
+    args = parse(p)
     if args.part == "dcgan-summary":  # aggregates the dcgan runs of every seed at --iters
-        print(json.dumps(dcgan_summary(args.iters)))
+        emit(dcgan_summary(args.iters))
         return
     start = time.time()
     result = {"dcgan": part_dcgan, "cdcgan": part_cdcgan, "speech": part_speech}[args.part](args)
     result["wall_s"] = round(time.time() - start)
     RUNS.mkdir(parents=True, exist_ok=True)
     (RUNS / f"{args.part}-s{args.seed}-{args.iters}{args.tag}.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps(result))
+    emit(result)
 
 
 if __name__ == "__main__":

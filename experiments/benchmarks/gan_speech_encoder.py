@@ -5,22 +5,19 @@ Trains an audio-only ``fusion.FusionClassifier`` with ``generative.conditioning.
 line with its accuracy on the seen speakers' unseen recordings (val) and on the held-out speaker
 (test, yweweler). The checkpoint can be passed to speech-to-digit.yaml's ``encoder_checkpoint``.
 
-    .venv/bin/python experiments/benchmarks/gan_speech_encoder.py --freq-mask 16 --time-mask 16 --steps 1500
-    .venv/bin/python experiments/benchmarks/gan_speech_encoder.py --encoder lenet --steps 1500
+    .venv/bin/python -m experiments.benchmarks.gan_speech_encoder --freq-mask 16 --time-mask 16 --steps 1500
+    .venv/bin/python -m experiments.benchmarks.gan_speech_encoder --encoder lenet --steps 1500
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-import torch
-
 from datamodules import AVMNISTDataModule
-from fusion import AudioEncoder, LeNetAudioEncoder
+from experiments.benchmarks.common import emit, log, parse, parser
+from fusion import AudioEncoder, LeNetAudioEncoder, SpecAugment
 from generative.conditioning import train_condition_encoder
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,26 +25,24 @@ OUT = REPO / "runs" / "gan-results" / "encoders"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--encoder", choices=["audio", "lenet"], default="audio")
-    parser.add_argument("--width", type=int, default=8)
-    parser.add_argument("--blocks", type=int, default=5)
-    parser.add_argument("--spec-pool", type=int, default=2)
-    parser.add_argument("--freq-mask", type=int, default=0)
-    parser.add_argument("--time-mask", type=int, default=0)
-    parser.add_argument("--num-masks", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=1500)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--dropout", type=float, default=0.2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--schedule", choices=["cosine", "constant"], default="cosine")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    parser_ = parser(__doc__, threads=0)
+    parser_.add_argument("--encoder", choices=["audio", "lenet"], default="audio")
+    parser_.add_argument("--width", type=int, default=8)
+    parser_.add_argument("--blocks", type=int, default=5)
+    parser_.add_argument("--spec-pool", type=int, default=2)
+    parser_.add_argument("--freq-mask", type=int, default=0)
+    parser_.add_argument("--time-mask", type=int, default=0)
+    parser_.add_argument("--num-masks", type=int, default=2)
+    parser_.add_argument("--steps", type=int, default=1500)
+    parser_.add_argument("--lr", type=float, default=2e-3)
+    parser_.add_argument("--dropout", type=float, default=0.2)
+    parser_.add_argument("--seed", type=int, default=0)
+    parser_.add_argument("--schedule", choices=["cosine", "constant"], default="cosine")
+    args = parse(parser_)
     if args.encoder == "audio":
         encoder = AudioEncoder(width=args.width, blocks=args.blocks, spec_pool=args.spec_pool, out_dim=64,
-                               freq_mask=args.freq_mask, time_mask=args.time_mask, num_masks=args.num_masks)
+                               spec_augment=SpecAugment(freq_mask=args.freq_mask, time_mask=args.time_mask,
+                                                        num_masks=args.num_masks))
         name = (f"audio-w{args.width}b{args.blocks}p{args.spec_pool}-f{args.freq_mask}t{args.time_mask}"
                 f"m{args.num_masks}")
     else:
@@ -57,14 +52,15 @@ def main() -> None:
     dm = AVMNISTDataModule(split="speaker", reduce_image=False, audio_format="spectrogram", batch_size=64)
     start = time.time()
     path = OUT / f"{name}.ckpt"
-    print(f"training {name}", file=sys.stderr)
+    log(f"training {name}")
     test_acc = train_condition_encoder(encoder, dm, "audio", path, max_steps=args.steps, lr=args.lr,
                                        dropout=args.dropout, seed=args.seed, schedule=args.schedule)
     info = json.loads(path.with_suffix(".json").read_text())
-    result = {"encoder": name, "steps": args.steps, "schedule": args.schedule, "test_acc_heldout_speaker": round(test_acc, 4),
+    result = {"encoder": name, "steps": args.steps, "schedule": args.schedule,
+              "test_acc_heldout_speaker": round(test_acc, 4),
               "val_acc_seen_speakers": round(info["val_acc"], 4), "seconds": round(time.time() - start),
               "checkpoint": str(path.relative_to(REPO))}
-    print(json.dumps(result))
+    emit(result)
 
 
 if __name__ == "__main__":

@@ -6,26 +6,21 @@ manual optimisation (loggers/checkpoints/progress bar off, EMA off so the algori
 Repeats alternate the two (reference first, then Lightning), each timed after a warm-up;
 the figure is the median over repeats of steps/s and of the per-repeat ratio.
 
-    .venv/bin/python experiments/benchmarks/gan_throughput.py [--iters 30 --warmup 5 --repeats 3]
+    .venv/bin/python -m experiments.benchmarks.gan_throughput [--iters 30 --warmup 5 --repeats 3]
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gan_reference import reference_dcgan  # noqa: E402
-
-from datamodules import MNISTDataModule  # noqa: E402
-from generative import GAN, Discriminator, Generator  # noqa: E402
+from datamodules import MNISTDataModule
+from experiments.benchmarks.common import emit, log, parse, parser
+from experiments.benchmarks.gan_reference import reference_dcgan
+from generative import GAN, Discriminator, Generator
 
 
 class _Timer(pl.Callback):
@@ -65,12 +60,11 @@ def reference_steps_per_s(dm: MNISTDataModule, ngf: int, iters: int, warmup: int
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--iters", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--ngf", type=int, default=64)
-    args = parser.parse_args()
+    p = parser(__doc__, repeats=3, threads=0)
+    p.add_argument("--iters", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--ngf", type=int, default=64)
+    args = parse(p)
     dm = MNISTDataModule(batch_size=64)
     dm.setup("fit")
     ref, lit, ratios = [], [], []
@@ -78,15 +72,14 @@ def main() -> None:
         ref.append(reference_steps_per_s(dm, args.ngf, args.iters, args.warmup, seed=r))
         lit.append(lightning_steps_per_s(dm, args.ngf, args.iters, args.warmup, seed=r))
         ratios.append(lit[-1] / ref[-1])
-        print(f"repeat {r}: reference {ref[-1]:.3f} it/s, lightning {lit[-1]:.3f} it/s, ratio {ratios[-1]:.3f}",
-              file=sys.stderr)
-    print(json.dumps({
+        log(f"repeat {r}: reference {ref[-1]:.3f} it/s, lightning {lit[-1]:.3f} it/s, ratio {ratios[-1]:.3f}")
+    emit({
         "benchmark": "gan_throughput", "device": "cpu", "torch_threads": torch.get_num_threads(),
         "model": f"DCGAN 28x28 ngf=ndf={args.ngf}", "batch_size": 64, "iters_timed": args.iters - args.warmup,
         "repeats": args.repeats, "reference_it_per_s": round(statistics.median(ref), 4),
         "lightning_it_per_s": round(statistics.median(lit), 4), "ratio_median": round(statistics.median(ratios), 4),
         "ratios": [round(x, 4) for x in ratios], "target": ">= 0.95",
-    }))
+    })
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """fusegen's policy-gradient agents vs Stable-Baselines3, side by side, matched settings and seeds.
 
-    .venv/bin/python experiments/benchmarks/rl_vs_sb3.py            # PPO CartPole-v1, 3 seeds
-    .venv/bin/python experiments/benchmarks/rl_vs_sb3.py --all      # + A2C, REINFORCE, PPO Pendulum-v1
+    .venv/bin/python -m experiments.benchmarks.rl_vs_sb3            # PPO CartPole-v1, 3 seeds
+    .venv/bin/python -m experiments.benchmarks.rl_vs_sb3 --all      # + A2C, REINFORCE, PPO Pendulum-v1
 
 Protocol (the same for both libraries): train with the RL-Zoo settings of the shipped config
 (``experiments/rl/*.yaml``); every ``eval_every`` env steps, after an update, run 10
@@ -16,23 +16,15 @@ ONE JSON line to stdout.
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
+from experiments.benchmarks.common import emit, log, parse, parser
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def first_reach(history: list[tuple[float, float, float]], target: float) -> tuple[float | None, float | None]:
@@ -136,14 +128,15 @@ TASKS = ["ppo_cartpole", "a2c_cartpole", "reinforce_cartpole", "ppo_pendulum"]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--all", action="store_true", help="also A2C, REINFORCE (CartPole) and PPO Pendulum-v1")
-    parser.add_argument("--tasks", nargs="+", choices=TASKS, default=None,
+    p = parser(__doc__, seeds=[0, 1, 2], threads=None)  # one torch thread for both libraries, fixed
+    p.add_argument("--all", action="store_true", help="also A2C, REINFORCE (CartPole) and PPO Pendulum-v1")
+    p.add_argument("--tasks", nargs="+", choices=TASKS, default=None,
                         help=f"run only these (default: ppo_cartpole; --all: {' '.join(TASKS)})")
-    parser.add_argument("--no-sb3-extra", action="store_true", help="with --all: skip SB3 runs beyond PPO CartPole")
-    opts = parser.parse_args()
+    p.add_argument("--no-sb3-extra", action="store_true", help="with --all: skip SB3 runs beyond PPO CartPole")
+    opts = parse(p)
     tasks = opts.tasks or (TASKS if opts.all else ["ppo_cartpole"])
+    import torch
+
     torch.set_num_threads(1)
     root = tempfile.mkdtemp(prefix="rl_vs_sb3-")
     result: dict[str, Any] = {"benchmark": "rl_vs_sb3", "seeds": opts.seeds, "torch_threads": 1}
@@ -187,7 +180,7 @@ def main() -> None:
         log(f"[ppo-pendulum] fusegen: {pend}")
         result["ppo_pendulum"] = {"target": -250, "budget": 200_000, "fusegen": summarize(pend),
                                   "flag_reached_within_200k": all(r["steps_to_target"] is not None for r in pend)}
-    print(json.dumps(result))
+    emit(result)
 
 
 if __name__ == "__main__":

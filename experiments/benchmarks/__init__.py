@@ -1,0 +1,1 @@
+"""One script per figure, each printing ONE JSON line: ``python -m experiments.benchmarks.NAME``."""

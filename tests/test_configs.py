@@ -1,0 +1,149 @@
+"""Every shipped experiment config (fusion, GAN, RL): it parses, `--print_config` round-trips, and
+it trains two steps (fast_dev_run). The one place for these checks; the shared AV-MNIST recipe
+(experiments/fusion/base/) is checked to be what each head file stacks on."""
+
+from __future__ import annotations
+
+import io
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from experiments.cli import CONFIG_DIR, FusegenCLI, main
+
+SHIPPED = sorted(p for p in CONFIG_DIR.glob("*/*.yaml") if p.parent.name not in {"presets", "benchmarks"})
+QUICK = ["--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
+         "--trainer.enable_model_summary", "false"]
+# smaller networks and a smaller one-time metric classifier for the GANs: the wiring is under test here
+SMALL = {"gan": ["--model.init_args.classifier_epochs", "1", "--model.init_args.classifier_train_limit", "2048",
+                 "--model.init_args.generator.init_args.ngf", "8",
+                 "--model.init_args.discriminator.init_args.ndf", "8"]}
+# trains its condition encoder first (minutes): the slow suite runs it
+SLOW = {"gan/speech-to-digit.yaml"}
+HEADS = ["concat", "attention", "gated", "tensor", "lowrank"]
+
+
+def name(config: Path) -> str:
+    return config.relative_to(CONFIG_DIR).as_posix()
+
+
+def data_class(config: Path) -> str:
+    """The config's datamodule class (resolved through its stacked base files)."""
+    return str((print_config(config).get("data") or {}).get("class_path", ""))
+
+
+def print_config(config: Path, *extra: str) -> dict:
+    out = io.StringIO()
+    with redirect_stdout(out), pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), *extra, "--print_config"])
+    assert exit_info.value.code in (0, None), f"{name(config)} does not parse"
+    return yaml.safe_load(out.getvalue())
+
+
+def test_every_area_ships_configs():
+    names = {name(p) for p in SHIPPED}
+    assert {"fusion/synthetic-concat.yaml", "fusion/avmnist-attention.yaml", "gan/cdcgan-mnist.yaml",
+            "rl/ppo-cartpole.yaml"} <= names
+    assert not any(n.startswith("fusion/base/") for n in names), "base files are not experiments of their own"
+
+
+@pytest.mark.parametrize("config", SHIPPED, ids=name)
+def test_print_config_round_trips(config: Path, in_tmp: Path):
+    first = print_config(config)
+    assert first["experiment"] not in ("", "default")  # names the run folder runs/<experiment>/
+    package = {"fusion": "fusion", "gan": "generative", "rl": "rl"}[config.parent.name]
+    if config.stem != "speech-encoder":  # the GAN's condition encoder is a fusion classifier
+        assert first["model"]["class_path"].startswith(f"{package}.")
+    # the shared trainer.yaml is underneath every experiment
+    assert {c["class_path"].rsplit(".", 1)[-1] for c in first["trainer"]["logger"]} == {"TensorBoardLogger",
+                                                                                      "CSVLogger"}
+    printed = in_tmp / "printed.yaml"
+    printed.write_text(yaml.safe_dump(first))
+    assert print_config(printed) == first  # the printed file is itself a valid --config
+
+
+def test_experiment_names_are_unique():
+    """Two configs with one `experiment` would mix their checkpoints (and `--ckpt_path last`)."""
+    names = [yaml.safe_load(c.read_text()).get("experiment") for c in SHIPPED]
+    assert len(set(names)) == len(names), sorted(n for n in names if names.count(n) > 1)
+
+
+def _fast_dev_run(config: Path, request: pytest.FixtureRequest) -> None:
+    data = data_class(config)
+    if data.endswith("HFDataModule"):
+        pytest.skip("reads a manifest written by experiments/make_files_example.py (tests/test_hf_datamodule.py)")
+    if data and not data.endswith("SyntheticMultimodalDataModule"):
+        request.getfixturevalue("data_root")  # skips, with the reason, only where the real data is absent
+    request.getfixturevalue("in_tmp")
+    cli = FusegenCLI(args=["fit", "--config", str(config), "--trainer.fast_dev_run", "2", *QUICK,
+                           *SMALL.get(config.parent.name, [])])
+    assert cli.trainer.state.finished and not cli.trainer.interrupted
+    assert 1 <= cli.trainer.global_step <= 2  # fast_dev_run 2: two optimiser steps (PPO: one update of many)
+    losses = {k: v for k, v in cli.trainer.callback_metrics.items() if "loss" in k}
+    assert all(torch.isfinite(v).all() for v in losses.values()), losses
+
+
+@pytest.mark.parametrize("config", [c for c in SHIPPED if name(c) not in SLOW], ids=name)
+def test_fast_dev_run(config: Path, request: pytest.FixtureRequest):
+    _fast_dev_run(config, request)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", [c for c in SHIPPED if name(c) in SLOW], ids=name)
+def test_fast_dev_run_slow(config: Path, request: pytest.FixtureRequest):
+    _fast_dev_run(config, request)
+
+
+def test_head_files_add_only_their_head_to_the_shared_recipe():
+    """avmnist-<head>.yaml = base/avmnist.yaml + its fusion head, each run alone with one --config."""
+    resolved = {head: print_config(CONFIG_DIR / "fusion" / f"avmnist-{head}.yaml") for head in HEADS}
+    heads = {head: cfg["model"]["init_args"].pop("fusion")["class_path"] for head, cfg in resolved.items()}
+    assert heads == {"concat": "fusion.ConcatFusion", "attention": "fusion.AttentionFusion",
+                     "gated": "fusion.GatedFusion", "tensor": "fusion.TensorFusion",
+                     "lowrank": "fusion.LowRankTensorFusion"}
+    for cfg in resolved.values():
+        cfg.pop("experiment")
+    reference = resolved["concat"]
+    assert all(cfg == reference for cfg in resolved.values())
+    recipe = reference["model"]["init_args"]
+    assert recipe["unimodal_loss_weight"] == 0.5 and recipe["cosine_schedule"] is True
+    assert recipe["encoders"]["image"]["class_path"] == "fusion.LeNetImageEncoder"
+    assert recipe["encoders"]["audio"]["class_path"] == "fusion.AudioEncoder"
+    assert reference["trainer"]["max_epochs"] == 10
+
+
+def test_unimodal_baselines_use_the_fusion_encoders():
+    recipe = print_config(CONFIG_DIR / "fusion" / "avmnist-concat.yaml")["model"]["init_args"]
+    for modality in ("image", "audio"):
+        baseline = print_config(CONFIG_DIR / "fusion" / f"avmnist-{modality}-only.yaml")["model"]["init_args"]
+        assert baseline["modality"] == modality
+        assert baseline["encoder"] == recipe["encoders"][modality]
+        assert baseline["optimizer"] == recipe["optimizer"] and baseline["hidden_dims"] == recipe["hidden_dims"]
+
+
+def test_stacked_override_changes_one_head_option_only():
+    base = print_config(CONFIG_DIR / "fusion" / "avmnist-attention.yaml")
+    changed = print_config(CONFIG_DIR / "fusion" / "avmnist-attention.yaml",
+                           "--model.init_args.fusion.init_args.num_heads", "2")
+    assert changed["model"]["init_args"]["fusion"]["init_args"]["num_heads"] == 2
+    changed["model"]["init_args"]["fusion"]["init_args"]["num_heads"] = 4
+    assert changed == base
+
+
+@pytest.mark.slow
+def test_gan_ddp_cpu_preset(data_root: Path, in_tmp: Path) -> None:
+    """Two CPU processes (gloo): manual optimisation with toggled optimizers, EMA, grids, metrics."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "experiments.cli", "fit",
+                          "--config", str(CONFIG_DIR / "gan" / "cdcgan-mnist.yaml"),
+                          "--config", str(CONFIG_DIR / "presets" / "ddp-cpu.yaml"),
+                          "--trainer.max_steps", "8", "--trainer.limit_val_batches", "2",
+                          "--data.init_args.train_limit", "512", "--trainer.enable_progress_bar", "false",
+                          *SMALL["gan"]], cwd=in_tmp, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert list(in_tmp.glob("runs/cdcgan-mnist/pictures/samples/*.png"))
