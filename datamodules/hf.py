@@ -343,8 +343,9 @@ class HFDataModule(RealDataModule):
         kinds: ``{modality: image|audio|text}`` for modalities whose kind is not their name and
             cannot be inferred from the data (image/audio features, file extensions; else text).
         label_column: the column holding the class (any column: this is also how to relabel).
-        class_names: the classes in order (default: the ``ClassLabel`` feature's names, else the
-            sorted label values). A label not among them is an error.
+        class_names: the classes in order (default: the ``ClassLabel`` feature's names; else, for
+            integer labels, ``"0"`` .. ``"max"`` so a label's value is its index; else the sorted
+            label values of all splits). A label not among them is an error.
         id_column: an integer column used as ``index`` instead of the row number.
         val_fraction / test_fraction / seed: seeded split of ``train`` where the dataset has no
             validation/test split.
@@ -453,6 +454,10 @@ class HFDataModule(RealDataModule):
             folder = Path(hp.path).expanduser().resolve()
             splits = dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {"train": loaded}
             origins = {s: [(0, folder, folder)] for s in splits}
+        elif hp.path == "audiofolder" and not streaming:
+            splits = self._audiofolder(files)
+            folder = Path(hp.data_dir or ".").expanduser().resolve()
+            origins = {s: [(0, folder, folder)] for s in splits}
         elif hp.path in MANIFEST_BUILDERS and files and not streaming:
             splits = {}
             for split, paths in files.items():
@@ -488,6 +493,31 @@ class HFDataModule(RealDataModule):
                 origin = ps[0] if ps else Path(hp.data_dir or ".").expanduser().resolve()
                 origins[s] = [(0, origin.parent if ps else origin, origin)]
         return splits, origins
+
+    def _audiofolder(self, files: dict[str, list[Path]] | None) -> dict[str, Any]:
+        """``audiofolder`` read as ``datasets`` lays it out (``[split/]label/clip.wav``) but with the
+        audio kept as paths: the ``datasets`` builder encodes audio through torchcodec (FFmpeg)."""
+        import datasets
+
+        if files is None:
+            if not self.hparams.data_dir:
+                raise ValueError("HFDataModule: path: audiofolder needs data_dir (or data_files)")
+            root = Path(self.hparams.data_dir).expanduser().resolve()
+            clips = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXT)
+            files = {}
+            for p in clips:
+                top = p.relative_to(root).parts[0]
+                split = top if top in ("train", "validation", "val", "valid", "dev", "test") and \
+                    len(p.relative_to(root).parts) > 2 else "train"
+                files.setdefault(split, []).append(p)
+        if not any(files.values()):
+            raise DataError(f"HFDataModule: no audio files ({', '.join(sorted(AUDIO_EXT))}) under "
+                            f"{self.hparams.data_dir!r}")
+        names = sorted({p.parent.name for ps in files.values() for p in ps})
+        features = datasets.Features({"audio": datasets.Value("string"), "label": datasets.ClassLabel(names=names)})
+        return {s: datasets.Dataset.from_dict({"audio": [str(p) for p in ps],
+                                               "label": [names.index(p.parent.name) for p in ps]}, features=features)
+                for s, ps in files.items()}
 
     def _pick_splits(self, raw: dict[str, Any]) -> dict[str, Any]:
         out = {}
@@ -570,8 +600,9 @@ class HFDataModule(RealDataModule):
         values = {v for v in labels if not _is_empty(v)}
         if not values:
             raise DataError(f"HFDataModule: label_column {self.hparams.label_column!r} is empty in every row")
-        if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
-            self.class_names = [str(v) for v in sorted(values)]
+        if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 0 for v in values):
+            # integer labels keep their value as the class index (0..max), even where a class has no rows
+            self.class_names = [str(v) for v in range(int(max(values)) + 1)]
         else:
             self.class_names = sorted(str(v) for v in values)
 
@@ -669,7 +700,7 @@ class HFDataModule(RealDataModule):
         chosen = {s: (n, self._undecoded(ds)) for s, (n, ds) in chosen.items()}
         first = chosen["train"][1]
         self._infer_kinds(first.select(range(min(len(first), 32))).to_dict())
-        self._set_class_names(first.features, first[hp.label_column])
+        self._set_class_names(first.features, [v for _, ds in chosen.values() for v in ds[hp.label_column]])
         labeler = Labeler(self.class_names, hp.label_column)
         for name, ds in chosen.values():  # every label checked before any file is decoded
             for r, v in enumerate(ds[hp.label_column]):

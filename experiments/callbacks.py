@@ -128,12 +128,14 @@ class FiniteGuard(Callback):
         return (f"global step {trainer.global_step}, epoch {trainer.current_epoch}, "
                 f"batch {self._batch_idx}{rank}")
 
-    def _fail(self, trainer: pl.Trainer, what: str) -> None:
+    def _fail(self, trainer: pl.Trainer, what: str, before_step: bool = True) -> None:
         last = _last_checkpoint(trainer)
         kept = f" The last good checkpoint is {last}." if last else ""
+        stopped = ("Training stopped before the optimizer step, so the weights are still finite." if before_step
+                   else "Training stopped at the end of this batch; no checkpoint was written from it.")
         raise NonFiniteError(
             f"non-finite {what} at {self._where(trainer)}: {describe_inputs(self._batch, self._batch_idx)}. "
-            f"Training stopped before the optimizer step, so the weights are still finite.{kept} {FIX_HINTS}")
+            f"{stopped}{kept} {FIX_HINTS}")
 
     # -- hooks
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
@@ -176,7 +178,7 @@ class FiniteGuard(Callback):
                 return
             bad = bad or ["loss on another rank"]
         if bad:
-            self._fail(trainer, ", ".join(bad))
+            self._fail(trainer, ", ".join(bad), before_step=False)
 
 
 def _uses_grad_scaler(trainer: pl.Trainer) -> bool:

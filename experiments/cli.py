@@ -12,24 +12,26 @@ and ``--ckpt_path last`` resumes its latest run.
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 import shutil
 import sys
 import time
 import traceback
-import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 import yaml
 from jsonargparse import Namespace
+from lightning_fabric.plugins import CheckpointIO
 from pytorch_lightning import LightningModule
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from pytorch_lightning.utilities import rank_zero_warn
 
 from datamodules.files import atomic_write_text, remove_stale_temp_files
-from experiments.callbacks import load_checkpoint_as_data, newest_readable_checkpoint
+from experiments.callbacks import FiniteGuard, SafeCheckpointIO, load_checkpoint_as_data, newest_readable_checkpoint
 
 CONFIG_DIR = Path(__file__).resolve().parent
 TRAINER_DEFAULTS = CONFIG_DIR / "trainer.yaml"
@@ -80,6 +82,7 @@ class FusegenCLI(LightningCLI):
         check_learning_rates(config)
         run_dir = str(Path(config.trainer.default_root_dir or "runs") / config.experiment)
         self.run_dir = Path(run_dir)
+        _keep_reliability_defaults(config.trainer)
         _fill_run_dir(config.trainer.logger, run_dir)
         _fill_run_dir(config.trainer.callbacks, run_dir)
         if config.trainer.enable_progress_bar is False and isinstance(config.trainer.callbacks, list):
@@ -112,7 +115,7 @@ class FusegenCLI(LightningCLI):
         ckpt_dir = self._checkpoint_dir()
         if ckpt_dir is not None:
             for stale in remove_stale_temp_files(ckpt_dir):
-                warnings.warn(f"removed {stale}: a temporary file left by a checkpoint save that was killed")
+                rank_zero_warn(f"removed {stale}: a temporary file left by a checkpoint save that was killed")
             if kwargs.get("ckpt_path") == "last":
                 kwargs["ckpt_path"] = resolve_last_checkpoint(ckpt_dir)
         created = _Created(self.run_dir, self.trainer.loggers, ckpt_dir) if clean_empty_runs else None
@@ -157,7 +160,7 @@ def resolve_last_checkpoint(folder: Path) -> str:
                 if path.is_file() and path.stat().st_mtime > chosen.stat().st_mtime:
                     path.replace(path.with_name(path.name + ".unreadable"))
             moved = " (unreadable files renamed to *.unreadable)"
-        warnings.warn(f"--ckpt_path last: skipped {'; '.join(skipped)}; resuming from {chosen}, "
+        rank_zero_warn(f"--ckpt_path last: skipped {'; '.join(skipped)}; resuming from {chosen}, "
                       f"the newest readable checkpoint{moved}")
     return str(chosen)
 
@@ -233,6 +236,34 @@ def check_learning_rates(config: Namespace) -> None:
             if value < 0 or not math.isfinite(value):
                 raise ValueError(f"model.{key} = {value}: a learning rate must be a finite number >= 0 "
                                  "(typical: 1e-4 to 1e-2)")
+
+
+def _keep_reliability_defaults(trainer: Namespace) -> None:
+    """A config that replaces trainer.yaml's ``callbacks`` or ``plugins`` list keeps the NaN stop and
+    the safe checkpoint IO (with their defaults) unless it configures its own."""
+    callbacks = trainer.callbacks if isinstance(trainer.callbacks, list) else [
+        c for c in [trainer.callbacks] if c is not None]
+    if not any(_class_of(c) is FiniteGuard for c in callbacks):
+        callbacks.insert(0, Namespace(class_path=f"{FiniteGuard.__module__}.FiniteGuard",
+                                      init_args=Namespace(check_gradients=True)))
+    trainer.callbacks = callbacks
+    plugins = trainer.plugins if isinstance(trainer.plugins, list) else [
+        p for p in [trainer.plugins] if p is not None]
+    if not any(isinstance(_class_of(p), type) and issubclass(_class_of(p), CheckpointIO) for p in plugins):
+        plugins.append(Namespace(class_path=f"{SafeCheckpointIO.__module__}.SafeCheckpointIO",
+                                 init_args=Namespace(check_finite=True)))
+    trainer.plugins = plugins
+
+
+def _class_of(component: Any) -> Any:
+    class_path = getattr(component, "class_path", None) if isinstance(component, Namespace) else None
+    if not isinstance(class_path, str) or "." not in class_path:
+        return type(component)
+    module, name = class_path.rsplit(".", 1)
+    try:
+        return getattr(importlib.import_module(module), name, None)
+    except ImportError:
+        return None
 
 
 def _fill_run_dir(components: Any, run_dir: str) -> None:

@@ -5,7 +5,14 @@ Every encoder
   * can be frozen (``freeze=True`` or ``.freeze()``) to reuse it as a fixed feature extractor,
   * can project its features to a common width (``out_dim=...``),
   * declares the input shapes it accepts (``input_shapes``, batch axis left out, ``None`` = any
-    size), so a model can reject a wrongly shaped batch with a message naming the modality.
+    size), so a model can reject a wrongly shaped batch with a message naming the modality,
+  * saves and reloads itself without the training config: ``enc.save_pretrained(folder)`` /
+    ``type(enc).from_pretrained(folder)`` (config JSON + safetensors, fusion/pretrained.py).
+
+Published weights: ``ImageEncoder(pretrained=True | pretrained_file=...)`` (timm),
+``TransformerTextEncoder(pretrained=<Hub id | folder | "minilm">)`` (transformers),
+``PretrainedAudioEncoder(model=<torchaudio bundle | Hub id | folder>)``. Offline with nothing
+cached they raise ``WeightsUnavailableError`` naming the model, the caches searched and the fixes.
 
 They are deliberately not LightningModules: ``encoder = model.encoders["image"]`` lifts one out
 of a trained fusion model and drops it into any other task (see fusion/README.md).

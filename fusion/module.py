@@ -60,6 +60,18 @@ def _is_plain_data(value: Any) -> bool:
     return False
 
 
+def _as_plain(value: Any) -> Any:
+    """A config with jsonargparse ``Namespace``s in it (rebuilding a model parses its config in
+    place) as plain dicts."""
+    if hasattr(value, "as_dict"):
+        return value.as_dict()
+    if isinstance(value, dict):
+        return {k: _as_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_as_plain(v) for v in value]
+    return value
+
+
 def _check_range(key: str, value: Any, ok: bool, allowed: str) -> None:
     if not ok:
         raise ValueError(f"model.init_args.{key} = {value!r} is out of range: it must be {allowed}")
@@ -211,6 +223,15 @@ class FusionClassifier(pl.LightningModule):
         for key in [k for k, v in self.hparams.items()
                     if not k.startswith("_") and (k not in accepted or not _is_plain_data(v))]:
             del self.hparams[key]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the CLI's config of a reloaded model, so that its own checkpoints reload alike."""
+        saved = checkpoint.get("hyper_parameters") or {}
+        if "_class_path" in saved:  # rebuilt from a config, outside the CLI: the built modules were dropped
+            for key, value in saved.items():
+                value = _as_plain(value)
+                if key not in self.hparams and _is_plain_data(value):
+                    self.hparams[key] = value
 
     # ------------------------------------------------------------------ config-free save / load
     def save_pretrained(self, directory: str | os.PathLike) -> Path:

@@ -162,7 +162,7 @@ class GAN(pl.LightningModule):
         self._eval: dict[str, Any] | None = None  # classifier + metrics, built in setup
         self._grid_cond: torch.Tensor | None = None  # fixed conditions for sample grids (encoder case)
         self._grid_labels: torch.Tensor | None = None
-        self._predict_left = 0
+        self._predict_left = self._predicted = 0
 
     # ------------------------------------------------------------------ conditioning / sampling
     @property
@@ -386,11 +386,15 @@ class GAN(pl.LightningModule):
 
         callbacks: list[pl.Callback] = [PredictionWriter()]
         if self.hparams.grid_every_n_epochs:
-            callbacks += [SampleGrid(every_n_epochs=self.hparams.grid_every_n_epochs), InterpolationGrid()]
+            # Conditional grids show one class per column (up to 20 classes; else 10 columns cycling).
+            k = self.hparams.num_classes
+            cols = k if self.hparams.condition is not None and k <= 20 else 10
+            callbacks += [SampleGrid(every_n_epochs=self.hparams.grid_every_n_epochs, num_samples=10 * cols, nrow=cols),
+                          InterpolationGrid()]
         return callbacks
 
     def grid_conditions(self, n: int) -> torch.Tensor | None:
-        """Conditions for an ``n``-sample grid with 10 columns: column c shows class c."""
+        """Conditions for an ``n``-sample grid with ``num_classes`` columns: column c shows class c."""
         if self.hparams.condition is None:
             return None
         if self.hparams.condition == "label":

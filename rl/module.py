@@ -25,6 +25,7 @@ import gymnasium as gym
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.accelerators import CPUAccelerator
 from pytorch_lightning.cli import OptimizerCallable
 from torch import nn
 from torch.utils.data import DataLoader
@@ -164,8 +165,8 @@ class PolicyGradient(pl.LightningModule):
         # checkpoint's hyperparameters, and `fusegen predict --ckpt_path ...` must honour them
         self.save_hyperparameters(ignore=["policy", "optimizer", *RUN_OPTIONS])
         self.run_options = {"test_episodes": test_episodes, "predict_episodes": predict_episodes,
-                                "predict_deterministic": predict_deterministic, "predict_video": predict_video,
-                                "video_fps": video_fps}
+                            "predict_deterministic": predict_deterministic, "predict_video": predict_video,
+                            "video_fps": video_fps}
         self.check_hparams()
         self.automatic_optimization = False  # one update = several minibatch steps over one rollout
         self.optimizer_factory = optimizer or _default_optimizer
@@ -331,8 +332,10 @@ class PolicyGradient(pl.LightningModule):
                     ) -> tuple[float, int, list[np.ndarray]]:
         """One episode on a fresh single env: ``(return, length, frames)`` (frames only if ``render``)."""
         h = self.hparams
-        if render and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-            os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame-rendered envs, headless: no window needed
+        if render:
+            os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")  # pygame's greeting is noise in a CLI
+            if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+                os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # headless: rgb_array needs no window
         env = make_env(h.env_id, h.env_kwargs, h.wrappers, render_mode="rgb_array" if render else None)
         self._render_fps = float(self.run_options["video_fps"] or env.metadata.get("render_fps") or 30)
         if isinstance(env.action_space, gym.spaces.Box):
@@ -388,7 +391,8 @@ class PolicyGradient(pl.LightningModule):
         return [LearningCurve()]
 
     def setup(self, stage: str) -> None:
-        if self.hparams.num_threads and self.device.type == "cpu" and self._saved_threads is None:
+        on_cpu = isinstance(self.trainer.accelerator, CPUAccelerator)  # the module is not on its device yet
+        if self.hparams.num_threads and on_cpu and self._saved_threads is None:
             self._saved_threads = torch.get_num_threads()
             torch.set_num_threads(self.hparams.num_threads)
 

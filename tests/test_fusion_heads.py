@@ -130,3 +130,16 @@ def test_mean_fusion_is_the_average_of_projected_vectors_over_present_modalities
     nothing = head({"a": a, "b": b}, present=none_present)
     assert (nothing == 0).all()
     assert head.out_dim == 2
+
+
+@pytest.mark.parametrize("head_cls", HEADS, ids=lambda c: c.__name__)
+def test_other_modalities_still_count_when_one_is_absent(head_cls):
+    """Fusion without ``image`` must still read audio and text (e.g. tensor fusion's appended 1)."""
+    torch.manual_seed(0)
+    head = head_cls(DIMS).eval()
+    f = {k: v.detach() for k, v in features().items()}
+    present = {"image": torch.zeros(5, dtype=torch.bool)}
+    out = head(f, present=present)
+    for m in ("audio", "text"):
+        changed = head(dict(f, **{m: torch.randn_like(f[m]) * 3}), present=present)
+        assert not torch.allclose(changed, out, atol=1e-4), f"{m} ignored when image is absent"

@@ -236,8 +236,11 @@ def test_python_built_model_keeps_plain_hyperparameters_and_reloads(tmp_path):
 
 def test_cli_trained_model_round_trips_through_save_pretrained(trained, tmp_path):
     cli, root = trained
-    model = FusionClassifier.load_from_checkpoint(root / "synthetic-concat" / "checkpoints" / "last.ckpt").eval()
-    assert model.hparams["_class_path"] == "fusion.FusionClassifier"  # the CLI's config, not built modules
+    ckpt = root / "synthetic-concat" / "checkpoints" / "last.ckpt"
+    saved = torch.load(ckpt, weights_only=True)["hyper_parameters"]  # the CLI's config: plain data
+    assert saved["_class_path"] == "fusion.FusionClassifier" and "class_path" in saved["encoders"]["image"]
+    model = FusionClassifier.load_from_checkpoint(ckpt).eval()
+    assert model.hparams["encoders"] == saved["encoders"]  # kept, so this model's checkpoints reload alike
     model.save_pretrained(tmp_path / "model")
     assert {p.name for p in (tmp_path / "model").iterdir()} == {"config.json", "model.safetensors"}
     again = FusionClassifier.from_pretrained(tmp_path / "model")

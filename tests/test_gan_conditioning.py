@@ -53,7 +53,8 @@ def test_gan_loads_the_encoder_weights_at_construction(tmp_path) -> None:
 
 
 def test_missing_checkpoint_names_the_command(tmp_path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"nope\.ckpt.*fusegen fit --config experiments/gan/speech-encoder\.yaml"):
+    command = r"fusegen fit --config experiments/gan/speech-encoder\.yaml"
+    with pytest.raises(FileNotFoundError, match=rf"nope\.ckpt.*{command}"):
         _gan(str(tmp_path / "nope.ckpt"))
 
 

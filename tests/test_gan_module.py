@@ -34,7 +34,8 @@ class Recorder(pl.Callback):
             raise SimulatedKill(f"killed at iteration {self.crash_at}")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.losses[pl_module.iteration - 1] = (outputs["loss_d"].item(), outputs.get("loss_g", torch.tensor(0.0)).item())
+        loss_g = outputs.get("loss_g", torch.tensor(0.0))
+        self.losses[pl_module.iteration - 1] = (outputs["loss_d"].item(), loss_g.item())
 
 
 def _tiny_gan(**kw) -> GAN:
@@ -148,7 +149,8 @@ for strategy in ("ddp", "ddp_find_unused_parameters_true"):
     pl.seed_everything(0)
     model = GAN(Generator(ngf=8), Discriminator(ndf=8), metrics=False, grid_every_n_epochs=0, ema_decay=0.9)
     trainer = pl.Trainer(strategy=strategy, accelerator="cpu", devices=1, max_steps=4, limit_val_batches=0,
-                         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
     try:
         trainer.fit(model, datamodule=SyntheticMultimodalDataModule(num_train=64, num_val=16, num_test=16,
                                                                      batch_size=16))

@@ -77,7 +77,7 @@ def test_imagenet_resnet18_file_loads_into_a_one_channel_encoder(tmp_path):
     for key in ("layer1.0.conv1.weight", "layer4.1.conv2.weight", "layer4.1.bn2.running_var", "bn1.bias"):
         assert torch.equal(got[key], weights[key]), key
     assert enc(torch.randn(2, 1, 64, 64)).shape == (2, 4, 512)
-    with pytest.raises(RuntimeError, match=r"not a state dict of this backbone.*use pretrained_file"):
+    with pytest.raises(RuntimeError, match=r"(?s)not a state dict of this backbone.*fc.weight.*use pretrained_file"):
         ImageEncoder("resnet18", in_chans=1, checkpoint_path=str(tmp_path / "resnet18.pth"))
     torch.save(enc.backbone.state_dict(), tmp_path / "backbone.pth")  # checkpoint_path: this backbone exactly
     again = ImageEncoder("resnet18", in_chans=1, checkpoint_path=str(tmp_path / "backbone.pth"))
@@ -194,6 +194,15 @@ def test_hf_audio_model_from_a_local_folder_as_a_token_encoder(tmp_path):
     torch.testing.assert_close(out, enc.proj(expected))
     middle = PretrainedAudioEncoder(str(folder), layer=1).eval()
     assert middle(torch.randn(1, 1600)).shape == (1, 159, 16)
+    # the feature extractor saved alongside sets the model's rate and waveform normalisation
+    from transformers import Wav2Vec2FeatureExtractor
+
+    Wav2Vec2FeatureExtractor(sampling_rate=22050, do_normalize=True).save_pretrained(folder)
+    normalised = PretrainedAudioEncoder(str(folder)).eval()
+    assert normalised.sample_rate == 22050 and normalised.normalize
+    wave = 3.0 + 2.0 * torch.randn(1, 1600)
+    unit = (wave - wave.mean()) / wave.std(unbiased=False)
+    torch.testing.assert_close(normalised(wave), saved(unit).last_hidden_state, atol=1e-4, rtol=1e-4)
 
 
 def test_hf_audio_hub_id_offline_names_model_caches_and_fixes(offline):

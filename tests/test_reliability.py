@@ -179,6 +179,22 @@ def test_checkpoint_io_refuses_non_finite_weights(tmp_path: Path):
     assert torch.equal(io.load_checkpoint(path)["state_dict"]["b"], torch.ones(2))
 
 
+OWN_LISTS = {"callbacks": [{"class_path": "pytorch_lightning.callbacks.ModelCheckpoint"}], "plugins": []}
+
+
+@pytest.mark.parametrize("override", [None, OWN_LISTS], ids=["trainer.yaml", "replaced-lists"])
+def test_every_run_has_the_guard_and_the_safe_checkpoint_io(override, in_tmp: Path):
+    from experiments.cli import FusegenCLI
+
+    args = ["--config", str(SYNTHETIC), *QUICK]
+    if override:
+        (in_tmp / "own.yaml").write_text(yaml.safe_dump({"trainer": override}))
+        args += ["--config", "own.yaml"]
+    cli = FusegenCLI(args=args, run=False)
+    assert sum(isinstance(c, FiniteGuard) for c in cli.trainer.callbacks) == 1
+    assert isinstance(cli.trainer.strategy.checkpoint_io, SafeCheckpointIO)
+
+
 # ---------------------------------------------------------------------------------- atomic checkpoints
 def test_killed_save_leaves_previous_checkpoint_intact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     io = SafeCheckpointIO()

@@ -29,7 +29,8 @@ def test_ppo_cartpole_learns(in_tmp: Path) -> None:
     assert evals[-1] >= 150, f"PPO did not learn CartPole: eval returns {evals}"  # random policy: ~20
     untrained, _ = type(agent)(env_id="CartPole-v1").evaluate(10)
     assert untrained.mean() < 60, untrained  # the greedy untrained policy falls over quickly
-    assert Path(agent.learning_curve_path).resolve() == in_tmp / "runs" / "ppo-cartpole" / "pictures" / "learning_curve.png"
+    expected = in_tmp / "runs" / "ppo-cartpole" / "pictures" / "learning_curve.png"
+    assert Path(agent.learning_curve_path).resolve() == expected
     assert Path(agent.learning_curve_path).is_file()
     metrics = cli.trainer.logged_metrics
     for key in ("train/policy_loss", "train/value_loss", "train/entropy", "train/approx_kl",
