@@ -74,7 +74,12 @@ class RealDataModule(pl.LightningDataModule):
 
     @property
     def class_names(self) -> list[str]:
-        return [str(i) for i in range(self.num_classes)]
+        names = self.__dict__.get("_class_names")
+        return list(names) if names is not None else [str(i) for i in range(self.num_classes)]
+
+    @class_names.setter
+    def class_names(self, names: list[str]) -> None:  # a subclass may simply assign its names
+        self.__dict__["_class_names"] = [str(n) for n in names]
 
     def __init__(self) -> None:
         super().__init__()

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 TMP_MARK = ".fusegen-tmp"
+_UMASK = os.umask(0o022)  # read once (os.umask can only be read by setting it), then restored
+os.umask(_UMASK)
 
 
 @contextlib.contextmanager
@@ -33,6 +35,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_MARK)
     os.close(fd)
     tmp = Path(name)
+    # mkstemp makes the file private (0600); give it the mode a plain open() would.
+    os.chmod(tmp, 0o666 & ~_UMASK)
     try:
         yield tmp
         with open(tmp, "rb+") as f:

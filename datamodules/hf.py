@@ -333,7 +333,9 @@ class HFDataModule(RealDataModule):
 
     Args:
         path: a ``datasets`` builder (``csv``, ``json``, ``parquet``, ``imagefolder``,
-            ``audiofolder``), a Hub id, or a folder written by ``save_to_disk``.
+            ``audiofolder``), a Hub id, or a folder written by ``save_to_disk``. ``audiofolder``
+            (``data_dir/[split/]label/clip.wav``) is listed by fusegen itself: the ``datasets``
+            builder would need torchcodec/FFmpeg to store the clips.
         data_files / data_dir / name: passed to ``datasets.load_dataset``; ``data_files`` may be a
             path, a glob, a list, or ``{split: files}``. Paths inside CSV/JSON/Parquet manifests
             are relative to the manifest's folder.
@@ -427,6 +429,9 @@ class HFDataModule(RealDataModule):
             entries = [entries] if isinstance(entries, (str, os.PathLike)) else list(entries)
             found: list[Path] = []
             for entry in entries:
+                if "://" in str(entry):  # hf://, s3://, https://: datasets resolves those itself
+                    found.append(entry)
+                    continue
                 pattern = str(entry) if Path(entry).expanduser().is_absolute() else str(base / entry)
                 matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
                 if not matches:
@@ -445,7 +450,10 @@ class HFDataModule(RealDataModule):
         hp = self.hparams
         files = self._data_files()
         origins: dict[str, list[tuple[int, Path, Path]]] = {}
-        hf_cache = str(cache_dir("hf", "datasets"))
+        # Local files are converted to Arrow under fusegen's cache; a Hub dataset uses the Hugging Face
+        # cache (HF_HOME / HF_DATASETS_CACHE), where a user's earlier downloads already are.
+        is_local = hp.path in BUILDERS or Path(hp.path).expanduser().exists()
+        hf_cache = str(cache_dir("hf", "datasets")) if is_local else None
         if self._is_saved_folder():
             if streaming:
                 raise ValueError("HFDataModule: streaming reads Parquet shards or a Hub dataset, not a save_to_disk "
@@ -458,7 +466,8 @@ class HFDataModule(RealDataModule):
             splits = self._audiofolder(files)
             folder = Path(hp.data_dir or ".").expanduser().resolve()
             origins = {s: [(0, folder, folder)] for s in splits}
-        elif hp.path in MANIFEST_BUILDERS and files and not streaming:
+        elif hp.path in MANIFEST_BUILDERS and files and not streaming and all(
+                isinstance(p, Path) for ps in files.values() for p in ps):
             splits = {}
             for split, paths in files.items():
                 parts, start = [], 0
@@ -489,7 +498,7 @@ class HFDataModule(RealDataModule):
                                         "or a Hub id (needs the network or a cached copy)") from None
             splits = dict(loaded)
             for s in splits:
-                ps = (files or {}).get(s) or []
+                ps = [p for p in (files or {}).get(s) or [] if isinstance(p, Path)]
                 origin = ps[0] if ps else Path(hp.data_dir or ".").expanduser().resolve()
                 origins[s] = [(0, origin.parent if ps else origin, origin)]
         return splits, origins
@@ -624,7 +633,8 @@ class HFDataModule(RealDataModule):
         h = hashlib.sha256(json.dumps(self._options(), sort_keys=True, default=str).encode())
         stats: list[Any] = []
         for split, paths in sorted((files or {}).items()):
-            stats += [(split, str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
+            stats += [(split, str(p), p.stat().st_size, p.stat().st_mtime_ns) if isinstance(p, Path) else (split, p)
+                      for p in paths]
         if self._is_saved_folder():
             folder = Path(self.hparams.path).expanduser().resolve()
             stats += [(str(p), p.stat().st_size, p.stat().st_mtime_ns)

@@ -203,7 +203,11 @@ def _is_connection_error(err: BaseException) -> bool:
             or "Connection closed by peer" in text or "gloo" in text.lower() or "NCCL" in text)
 
 
-def _rank_error(err: BaseException, rank: int, run_dir: Path | None, started: float) -> RuntimeError:
+class RankError(RuntimeError):
+    """A multi-process run failed on this rank; ``__cause__`` is the original error."""
+
+
+def _rank_error(err: BaseException, rank: int, run_dir: Path | None, started: float) -> RankError:
     """Name the rank in a multi-process failure; a rank that lost its peers says which one died."""
     here = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
     if not _is_connection_error(err):
@@ -212,15 +216,15 @@ def _rank_error(err: BaseException, rank: int, run_dir: Path | None, started: fl
                 atomic_write_text(run_dir / f"rank-{rank}.error", here + "\n")
             except OSError:
                 pass
-        return RuntimeError(f"rank {rank} failed: {here}")
+        return RankError(f"rank {rank} failed: {here}")
     dead = []
     if run_dir is not None and run_dir.is_dir():
         for p in sorted(run_dir.glob("rank-*.error")):
             if p.stat().st_mtime >= started - 1 and p.name != f"rank-{rank}.error":
-                dead.append(f"{p.stem} failed first ({p.read_text().strip()}; saved in {p})")
+                dead.append(f"{p.stem.replace('-', ' ')} failed first ({p.read_text().strip()}; saved in {p})")
     which = "; ".join(dead) if dead else ("another rank died without an error message (killed, or out of memory?)")
-    logs = f"runs' logs are in {run_dir}/" if run_dir is not None else ""
-    return RuntimeError(
+    logs = f"This run's logs: {run_dir}/" if run_dir is not None else ""
+    return RankError(
         f"rank {rank} lost contact with the other ranks ({here[:200]}): {which}. Every rank's own error is "
         f"printed above when the ranks share this terminal (Lightning's launcher, torchrun without --log-dir); "
         f"under SLURM or torchrun --log-dir see that rank's log file. {logs}")
@@ -302,7 +306,8 @@ def main(args: list[str] | None = None) -> None:
     except Exception as err:  # noqa: BLE001 - the top level of a CLI
         if os.environ.get("FUSEGEN_DEBUG"):
             raise
-        frame = traceback.extract_tb(err.__traceback__)[-1]
+        origin = err.__cause__ if isinstance(err, RankError) and err.__cause__ is not None else err
+        frame = traceback.extract_tb(origin.__traceback__)[-1]
         print(f"fusegen: error: {type(err).__name__}: {err}", file=sys.stderr)
         print(f"  (raised at {frame.filename}:{frame.lineno}; set FUSEGEN_DEBUG=1 for the full traceback)",
               file=sys.stderr)

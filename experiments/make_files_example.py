@@ -1,11 +1,11 @@
 """Write a demo "own files" dataset: PNG digits + WAV spoken digits + captions + CSV manifests.
 
-    python -m experiments.make_files_example --out runs/files-example --n 600
+    python -m experiments.make_files_example --out runs/files-example-data --n 600
 
 It is laid out the way a user's own data usually is, and read by
 ``experiments/fusion/files-example.yaml`` through ``datamodules.HFDataModule``::
 
-    runs/files-example/
+    runs/files-example-data/
       train.csv, test.csv        columns: image, audio, caption, label, speaker (paths relative to the CSV)
       images/train/00000.png     28x28 grey MNIST digits
       audio/train/00000.wav      8 kHz FSDD recordings of the same digit (soundfile, 16-bit PCM)
@@ -78,7 +78,7 @@ def make_files_example(out: str | Path, n: int = 600, test_fraction: float = 0.2
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="runs/files-example", help="output folder (default: %(default)s)")
+    parser.add_argument("--out", default="runs/files-example-data", help="output folder (default: %(default)s)")
     parser.add_argument("--n", type=int, default=600, help="rows in all, train + test (default: %(default)s)")
     parser.add_argument("--test_fraction", type=float, default=0.2)
     parser.add_argument("--empty_caption", type=float, default=0.5, help="share of rows without a caption")

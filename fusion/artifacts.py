@@ -47,18 +47,22 @@ def artifact_dir(trainer: pl.Trainer, kind: str = PICTURES) -> Path:
     return folder
 
 
-def save_figure(trainer: pl.Trainer, name: str, figure: Any, step: int | None = None) -> Path | None:
+def save_figure(trainer: pl.Trainer, name: str, figure: Any, step: int | None = None,
+                tag: str | None = None) -> Path | None:
     """Save ``figure`` as ``<run_dir>/pictures/<name>.png`` and log it to the loggers.
 
     ``figure`` is a matplotlib ``Figure`` (closed afterwards) or an image tensor ``[C, H, W]``
     with values in [0, 1]. ``name`` may contain ``/`` (``samples/epoch_003``): the part before
-    the last slash is a sub-folder, the whole name is the loggers' tag. Rank zero only (other
-    ranks return ``None``): call it from every rank, it never blocks."""
+    the last slash is a sub-folder. ``tag`` is the loggers' name for the picture (default
+    ``name``); pictures of one series share a tag (``samples``) and differ by ``step``, so
+    TensorBoard shows them on one slider. Rank zero only (other ranks return ``None``): call it
+    from every rank, it never blocks."""
     if not trainer.is_global_zero:
         if _is_matplotlib_figure(figure):
             _close(figure)
         return None
     step = trainer.global_step if step is None else step
+    tag = name if tag is None else tag
     path = artifact_dir(trainer) / f"{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     if _is_matplotlib_figure(figure):
@@ -73,11 +77,11 @@ def save_figure(trainer: pl.Trainer, name: str, figure: Any, step: int | None = 
     for logger in trainer.loggers:
         if isinstance(logger, pl.loggers.TensorBoardLogger):
             if _is_matplotlib_figure(figure):
-                logger.experiment.add_figure(name, figure, global_step=step, close=False)
+                logger.experiment.add_figure(tag, figure, global_step=step, close=False)
             else:
-                logger.experiment.add_image(name, torch.as_tensor(figure).float().cpu(), global_step=step)
+                logger.experiment.add_image(tag, torch.as_tensor(figure).float().cpu(), global_step=step)
         elif hasattr(logger, "log_image"):
-            logger.log_image(key=name, images=[str(path)], step=step)
+            logger.log_image(key=tag, images=[str(path)], step=step)
     if _is_matplotlib_figure(figure):
         _close(figure)
     return path

@@ -60,7 +60,7 @@ class SampleGrid(pl.Callback):
             return  # encoder-conditioned GAN before its first validation: nothing to condition on yet
         images = pl_module.sample(self.fixed_noise(pl_module.nz), cond)
         self.last_path = save_figure(trainer, f"samples/epoch_{trainer.current_epoch:03d}",
-                                     image_grid(images, self.nrow))
+                                     image_grid(images, self.nrow), tag="samples")
 
 
 class InterpolationGrid(pl.Callback):

@@ -368,7 +368,8 @@ class GAN(pl.LightningModule):
         n = min(size, self._predict_left)
         if n <= 0:
             return None
-        labels = batch["label"][:n] if "label" in batch else None
+        # Conditional images are named by their class; an unconditional one has none.
+        labels = batch["label"][:n] if self.hparams.condition is not None and "label" in batch else None
         if self.hparams.condition == "label" and self.hparams.labels:
             wanted = self.hparams.labels
             labels = torch.tensor([wanted[(self._predicted + i) % len(wanted)] for i in range(n)], device=self.device)

@@ -24,7 +24,16 @@ def _registered_ids() -> list[str]:
 
 
 def check_env_id(env_id: str) -> None:
-    """Raise ``ValueError`` naming the id, close matches and where to look when it is not registered."""
+    """Raise ``ValueError`` naming the id, close matches and where to look when it is not registered.
+
+    ``module:EnvId`` (gymnasium's own syntax) imports ``module`` first, so an env that registers
+    itself on import needs no other code."""
+    if ":" in env_id:
+        module, _, env_id = env_id.partition(":")
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            raise ValueError(f"env_id {module + ':' + env_id!r}: cannot import module {module!r} ({err})") from err
     if env_id in gym.registry:
         return
     close = difflib.get_close_matches(env_id, _registered_ids(), n=5, cutoff=0.5)

@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader
 from datamodules.files import atomic_write_text
 from fusion.artifacts import PREDICTIONS, artifact_dir
 from rl.callbacks import LearningCurve
+from rl.checks import KEY, check_int, check_real, check_value
 from rl.data import RolloutDataset
 from rl.envs import (
     check_action_space,
@@ -62,7 +63,6 @@ from rl.rollout import RolloutCollector, evaluate_policy
 from rl.video import write_video
 
 PolicyFactory = Callable[[gym.Space, gym.Space], nn.Module]
-KEY = "model.init_args."  # how a user's config names an agent argument (error messages)
 OBS_NORM_EPS = 1e-8  # gymnasium NormalizeObservation's default epsilon
 RUN_OPTIONS = ("test_episodes", "predict_episodes", "predict_deterministic", "predict_video", "video_fps")
 
@@ -79,39 +79,6 @@ class CurvePoint(NamedTuple):
 
 def _default_optimizer(params: Any) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=3e-4, eps=1e-5)
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-
-def _is_real(v: Any) -> bool:
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def check_value(name: str, value: Any, ok: bool, allowed: str) -> None:
-    """Raise ``ValueError`` naming the config key, the value and the allowed range."""
-    if not ok:
-        raise ValueError(f"{KEY}{name} = {value!r} is not allowed: {allowed}")
-
-
-def check_int(name: str, value: Any, minimum: int = 1, optional: bool = False, none_means: str = "") -> None:
-    ok = (optional and value is None) or (_is_int(value) and value >= minimum)
-    check_value(name, value, ok, f"an integer >= {minimum}" + (f", or null ({none_means})" if optional else ""))
-
-
-def check_real(name: str, value: Any, low: float | None = None, high: float | None = None, low_open: bool = False,
-               optional: bool = False, none_means: str = "") -> None:
-    ok = _is_real(value) and (low is None or (value > low if low_open else value >= low)) \
-        and (high is None or value <= high)
-    ok = ok or (optional and value is None)
-    if low is not None and high is not None:
-        allowed = f"a number in [{low}, {high}]"
-    elif low is not None:
-        allowed = f"a finite number {'>' if low_open else '>='} {low}"
-    else:
-        allowed = "a finite number"
-    check_value(name, value, ok, allowed + (f", or null ({none_means})" if optional else ""))
 
 
 class PolicyGradient(pl.LightningModule):
@@ -198,6 +165,7 @@ class PolicyGradient(pl.LightningModule):
         h = self.hparams
         if not isinstance(h.env_id, str):
             check_value("env_id", h.env_id, False, "a gymnasium id string, e.g. CartPole-v1")
+        resolve_wrappers(h.wrappers, key=f"{KEY}wrappers")  # first: a wrapper's module may register the env
         check_env_id(h.env_id)
         for name in ("num_envs", "n_steps", "total_timesteps", "n_epochs", "eval_every_steps", "n_eval_episodes"):
             check_int(name, h[name])
@@ -216,7 +184,6 @@ class PolicyGradient(pl.LightningModule):
                    none_means="the env's render_fps")
         if h.env_kwargs is not None and not isinstance(h.env_kwargs, dict):
             check_value("env_kwargs", h.env_kwargs, False, "a mapping of gymnasium.make keyword arguments")
-        resolve_wrappers(h.wrappers, key=f"{KEY}wrappers")
 
     # ---- the science: losses (rl.losses) ----------------------------------------------------
     def loss(self, mb: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -543,11 +510,15 @@ class PolicyGradient(pl.LightningModule):
 
     def on_predict_epoch_end(self) -> None:
         rows = torch.tensor(self._predictions, dtype=torch.float64, device=self.device).reshape(-1, 3)
-        if self.trainer.world_size > 1:  # the sampler gives each rank as many episodes (padded with repeats)
-            rows = self.all_gather(rows).reshape(-1, 3)
+        if self.trainer.world_size > 1:
+            # Lightning's predict sampler does not pad: ranks hold up to ceil(n / world_size)
+            # episodes, and all_gather needs one shape, so pad with episode -1 rows
+            per_rank = math.ceil(self.run_options["predict_episodes"] / self.trainer.world_size)
+            padding = torch.full((per_rank - len(rows), 3), -1.0, dtype=rows.dtype, device=rows.device)
+            rows = self.all_gather(torch.cat([rows, padding])).reshape(-1, 3)
         if not self.trainer.is_global_zero:
             return
-        unique = {int(e): (float(r), int(n)) for e, r, n in rows.tolist()}
+        unique = {int(e): (float(r), int(n)) for e, r, n in rows.tolist() if e >= 0}
         text = io.StringIO()
         writer = csv.writer(text, lineterminator="\n")
         writer.writerow(["episode", "return", "length"])

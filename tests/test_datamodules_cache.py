@@ -148,6 +148,11 @@ def test_pca_file_per_energy_and_fitted_on_train_only(tmp_path, builds) -> None:
                                                                               "pca-0.6.safetensors"}
     train = a.arrays["train_images"][:N_TRAIN].reshape(N_TRAIN, -1).float() / 255.0
     torch.testing.assert_close(a.pca["mean"], train.mean(0), rtol=0, atol=1e-6)  # not the val/test images
+    # Reduced images = the projection onto the components, around the train mean.
+    c, m = a.pca["components"], a.pca["mean"]
+    for split, images in (("train", a.arrays["train_images"][:N_TRAIN]), ("test", a.arrays["test_images"])):
+        x = images.reshape(len(images), -1).float() / 255.0
+        torch.testing.assert_close(a.splits[split].image.reshape(len(x), -1), (x - m) @ c.T @ c + m)
     # The components are the top eigenvectors of the train covariance.
     centred = train - train.mean(0)
     top = torch.linalg.eigh((centred.T @ centred).double())[1][:, -1].float()

@@ -119,6 +119,13 @@ def test_fsdd_download_lands_verified_with_progress(cache, server, monkeypatch, 
     for split, paths in dm.paths.items():
         assert dm.splits[split].label.tolist() == [int(Path(p).name[0]) for p in paths]
     assert all(Path(p).stem.endswith("_0") for p in dm.paths["test"])
+    # Relabelled by speaker: classes are the speakers found in the file names.
+    by_speaker = FSDDDataModule(label="speaker", split="recording", audio_format="waveform")
+    by_speaker.setup()
+    assert by_speaker.class_names == ["alice", "bob"] and by_speaker.num_classes == 2
+    for split, paths in by_speaker.paths.items():
+        names = [by_speaker.class_names[y] for y in by_speaker.splits[split].label.tolist()]
+        assert names == [Path(p).stem.split("_")[1] for p in paths] and set(names) == {"alice", "bob"}
 
 
 def test_corrupt_download_is_refused_naming_the_file(cache, server, monkeypatch) -> None:
@@ -203,6 +210,11 @@ def test_mnist_download_and_unzipped_cache_repair(cache, server, monkeypatch) ->
     assert torch.equal(got["train_images"], torch.from_numpy(arrays["train-images-idx3-ubyte"].astype(np.uint8)))
     assert got["test_labels"].tolist() == list(range(10))
     assert sorted(p.name for p in (cache / "data" / "MNIST" / "raw").iterdir()) == sorted(a + ".gz" for a in arrays)
+    pixels = torch.from_numpy(arrays["train-images-idx3-ubyte"][:5].astype(np.float32)).unsqueeze(1) / 255.0
+    for normalize, want in (("tanh", pixels * 2 - 1), ("standard", (pixels - 0.1307) / 0.3081)):
+        dm = MNISTDataModule(normalize=normalize)
+        dm.setup()
+        torch.testing.assert_close(dm.splits["train"].get_batch(torch.arange(5))["image"], want)
     # A truncated gunzipped file in the cache is rebuilt (from the verified .gz, no network), same data.
     monkeypatch.setattr(sources, "MNIST_MIRRORS", [closed_port_url("")])
     unzipped = cache / "mnist" / "MNIST" / "raw" / "train-images-idx3-ubyte"

@@ -85,6 +85,8 @@ def test_pairing_uses_the_pool_evenly_and_keeps_the_digit() -> None:
     assert (rec_digit[out] == labels).all() and set(out) <= set(pool)
     counts = np.bincount(out, minlength=60)[pool]
     assert counts.max() - counts.min() <= 1  # 7 images over 3 recordings: 3/2/2
+    orders = {tuple(pair_recordings(labels, pool, rec_digit, np.random.default_rng(s), "train")) for s in range(5)}
+    assert len(orders) > 1  # the seed decides which recording goes with which image
     with pytest.raises(ValueError, match="no FSDD recording of digit 0 available for the test split"):
         pair_recordings(labels, pool[rec_digit[pool] > 0], rec_digit, np.random.default_rng(0), "test")
 
@@ -118,6 +120,18 @@ def test_parse_idx_checks_the_size() -> None:
     assert parse_idx(data, "f").tolist() == [[0, 1, 2], [3, 4, 5]]
     with pytest.raises(ValueError, match="f: 5 bytes of data for shape"):
         parse_idx(data[:-1], "f")
+
+
+def test_own_subclass_may_assign_class_names() -> None:
+    from datamodules.base import RealDataModule
+
+    class Mine(RealDataModule):
+        num_classes, modalities = 3, ("image",)
+
+    dm = Mine()
+    assert dm.class_names == ["0", "1", "2"]
+    dm.class_names = ["cat", "dog", "owl"]
+    assert dm.class_names == ["cat", "dog", "owl"]
 
 
 def test_only_the_train_loader_shuffles() -> None:

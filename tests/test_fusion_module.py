@@ -309,6 +309,9 @@ def test_classifier_mlp_widths():
     assert [(lin.in_features, lin.out_features) for lin in linears] == [(32, 8), (8, 6), (6, 10)]
     assert [type(m).__name__ for m in small_model(dropout=0.3).classifier] == ["Dropout", "Linear"]
     assert small_model(dropout=0.3).classifier[0].p == 0.3
+    layers = small_model(hidden_dims=[8], dropout=0.3).classifier
+    assert [type(m).__name__ for m in layers] == ["Dropout", "Linear", "ReLU", "Dropout", "Linear"]
+    assert all(m.p == 0.3 for m in layers if isinstance(m, torch.nn.Dropout))
 
 
 # ---------------------------------------------------------------- train-vs-eval switches
@@ -433,3 +436,24 @@ def test_unused_modality_warns_or_fails_when_strict(with_attributes, tmp_path):
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*no encoder.*")
         _fit(uni, dm(), tmp_path)  # a baseline ignores the other modalities on purpose
+
+
+def test_label_check_boundaries():
+    """Labels must be < num_classes: 9 classes cannot hold label 9, 10 can."""
+    model = FusionClassifier({"image": SmallCNNImageEncoder(width=8, out_dim=16)}, ConcatFusion, num_classes=9)
+    model._pending_batch_checks = {"labels"}
+    with pytest.raises(ValueError, match=r"num_classes = 9 but the data has label 9.*at least 10"):
+        model._check_batch({"label": torch.tensor([0, 9, 3])})
+    model = FusionClassifier({"image": SmallCNNImageEncoder(width=8, out_dim=16)}, ConcatFusion, num_classes=10)
+    model._pending_batch_checks = {"labels"}
+    model._check_batch({"label": torch.tensor([0, 9, 3])})
+    assert not model._pending_batch_checks  # checked once, then never again
+
+
+@pytest.mark.filterwarnings("ignore:.*no encoder")
+def test_num_classes_one_below_the_datamodules_fails(tmp_path):
+    model = FusionClassifier({"image": SmallCNNImageEncoder(width=8, out_dim=16)}, ConcatFusion, num_classes=9)
+    dm = SyntheticMultimodalDataModule(num_train=32, num_val=16, num_test=16, batch_size=16)
+    with pytest.raises(ValueError, match=r"model\.init_args\.num_classes = 9 is smaller than the datamodule's "
+                                         r"num_classes = 10"):
+        _fit(model, dm, tmp_path)

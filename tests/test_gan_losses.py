@@ -229,3 +229,25 @@ def test_predict_step_cycles_requested_labels() -> None:
     assert 0 <= first["images"].min() and first["images"].max() <= 1  # [0, 1] for PNGs
     assert model.predict_step(batch, 1)["labels"].tolist() == [3]  # num_predictions = 5 reached
     assert model.predict_step(batch, 2) is None
+
+
+def test_predict_step_unconditional_and_encoder_conditioned() -> None:
+    torch.manual_seed(0)
+    batch = {"image": torch.zeros(4, 1, 28, 28), "audio": torch.randn(4, 4), "label": torch.tensor([5, 1, 2, 9])}
+    plain = _gan(num_predictions=3)
+    plain._predict_left = 3
+    out = plain.predict_step(batch, 0)
+    assert out["labels"] is None and out["images"].shape == (3, 1, 28, 28)  # no class to name them by
+    spoken = _audio_gan(0.1)
+    spoken._predict_left = 10
+    out = spoken.predict_step(batch, 0)
+    assert out["labels"].tolist() == [5, 1, 2, 9]  # each image is named by its recording's digit
+    spoken.eval()
+    z_state = torch.get_rng_state()
+    cond = spoken.condition_of(batch)
+    torch.set_rng_state(z_state)
+    spoken._predict_left = 10
+    again = spoken.predict_step(batch, 0)
+    torch.set_rng_state(z_state)
+    expected = ((spoken.sample(torch.randn(4, 100), cond) + 1) / 2).clamp(0, 1)
+    torch.testing.assert_close(again["images"], expected)  # clean conditions, [-1, 1] -> [0, 1]

@@ -482,7 +482,7 @@ def test_shipped_example_configs_run_on_the_demo_data(tmp_path: Path, data_root:
     from experiments.cli import CONFIG_DIR
     from experiments.make_files_example import make_files_example
 
-    out = make_files_example(tmp_path / "runs" / "files-example", n=40, test_fraction=0.2, root=str(data_root))
+    out = make_files_example(tmp_path / "runs" / "files-example-data", n=40, test_fraction=0.2, root=str(data_root))
     with open(out / "train.csv") as f:
         train = list(csv.DictReader(f))
     assert len(train) == 32

@@ -138,17 +138,28 @@ def test_write_video_gif_without_ffmpeg(tmp_path: Path, monkeypatch: pytest.Monk
         write_video([], tmp_path / "empty.mp4")
 
 
-@pytest.mark.slow  # two processes start Lightning: ~15 s of CPU, about a minute on a loaded 2-core box
-def test_ddp_two_ranks_sum_env_steps(tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "experiments.cli", "fit", "--config", PPO_CP, *QUIET, *TINY,
-           "--trainer.default_root_dir", str(tmp_path / "runs"), "--experiment", "ddp", "--trainer.strategy", "ddp",
-           "--trainer.devices", "2", "--trainer.accelerator", "cpu", "--trainer.log_every_n_steps", "1"]
+@pytest.mark.slow  # two processes start Lightning twice: ~30 s of CPU, 2 minutes on a loaded 2-core box
+def test_ddp_two_ranks_sum_env_steps_and_gather_predictions(tmp_path: Path) -> None:
+    ddp = ["--trainer.default_root_dir", str(tmp_path / "runs"), "--experiment", "ddp", "--trainer.strategy", "ddp",
+           "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+
+    def fusegen(subcommand: str, *args: str) -> None:
+        done = subprocess.run([sys.executable, "-m", "experiments.cli", subcommand, "--config", PPO_CP, *QUIET, *ddp,
+                               *args],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    fusegen("fit", *TINY, "--trainer.log_every_n_steps", "1")
     with open(tmp_path / "runs" / "ddp" / "csv" / "version_0" / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     train = [float(r["time/env_steps"]) for r in rows if r.get("time/env_steps")]
     val = [float(r["val/env_steps"]) for r in rows if r.get("val/env_steps")]
     # each rank: 8 envs x 32 steps per update, 2 updates; logged: both ranks' sum
     assert train == [512.0, 1024.0] and val == [1024.0]
+
+    # predict: 5 episodes split 3 + 2 over the ranks, gathered into one CSV by rank 0
+    fusegen("predict", "--ckpt_path", str(tmp_path / "runs" / "ddp" / "checkpoints" / "last.ckpt"),
+            "--model.init_args.predict_episodes", "5", "--model.init_args.predict_video", "false")
+    with open(tmp_path / "runs" / "ddp" / "predictions" / "episodes.csv", newline="") as f:
+        assert [int(r["episode"]) for r in csv.DictReader(f)] == [0, 1, 2, 3, 4]

@@ -70,3 +70,21 @@ def test_batch_size_zero_through_the_cli(in_tmp: Path, capsys: pytest.CaptureFix
     assert "model.init_args.batch_size = 0 is not allowed: an integer >= 1" in err
     assert "range() arg 3" not in err
     assert not (in_tmp / "runs" / "ppo-cartpole").exists()  # refused before any run folder is made
+
+
+def test_run_options_stay_out_of_checkpoint_hyperparameters() -> None:
+    # LightningCLI replaces command-line model arguments with a checkpoint's hyperparameters, so
+    # what `fusegen test/predict --ckpt_path` must be able to change may not be one of them
+    agent = PPO(test_episodes=3, predict_episodes=4, predict_deterministic=False, predict_video=False, video_fps=5)
+    for key in ("test_episodes", "predict_episodes", "predict_deterministic", "predict_video", "video_fps"):
+        assert key not in agent.hparams
+    assert agent.run_options == {"test_episodes": 3, "predict_episodes": 4, "predict_deterministic": False,
+                                 "predict_video": False, "video_fps": 5}
+    assert "n_eval_episodes" in agent.hparams and "wrappers" in agent.hparams
+
+
+def test_env_id_with_module_prefix_imports_it() -> None:
+    agent = PPO(env_id="gymnasium.envs.classic_control:CartPole-v1")  # gymnasium's module:id syntax
+    assert agent.observation_space.shape == (4,)
+    with pytest.raises(ValueError, match=r"cannot import module 'no_such_module'"):
+        PPO(env_id="no_such_module:MyEnv-v0")

@@ -19,6 +19,14 @@ def test_batches_follow_the_contract():
     assert absent.any() and batch["image"][absent].abs().sum() == 0
 
 
+def test_splits_are_different_draws():
+    dm = SyntheticMultimodalDataModule(num_train=50, num_val=50, num_test=50)
+    dm.setup()
+    images = [dm.splits[s].data["image"] for s in ("train", "val", "test")]
+    assert not torch.equal(images[0], images[1]) and not torch.equal(images[1], images[2])
+    assert torch.equal(images[1], make_synthetic(50, seed=1)["image"])  # val = seed + 1
+
+
 def test_same_seed_same_data_other_seed_other_data():
     a, b, c = make_synthetic(100, seed=3), make_synthetic(100, seed=3), make_synthetic(100, seed=4)
     assert all(torch.equal(a[k], b[k]) for k in a)
