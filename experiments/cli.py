@@ -8,6 +8,11 @@ Run folders: the top-level ``experiment`` key names the run; ``{run_dir}`` in a 
 callback argument (see trainer.yaml) becomes ``<trainer.default_root_dir>/<experiment>``, so
 TensorBoard/CSV logs and checkpoints of one experiment live together in ``runs/<experiment>/``
 and ``--ckpt_path last`` resumes its latest run.
+
+Reliability (docs/reliability.md): bad YAML and bad learning rates fail before any work, naming
+the file/key; ``--ckpt_path`` files are vetted as data; ``last`` falls back to the newest readable
+checkpoint; a fit that fails before its first step removes the empty run folders it made; a
+failed DDP rank is named.
 """
 
 from __future__ import annotations
@@ -31,7 +36,13 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.utilities import rank_zero_warn
 
 from datamodules.files import atomic_write_text, remove_stale_temp_files
-from experiments.callbacks import FiniteGuard, SafeCheckpointIO, load_checkpoint_as_data, newest_readable_checkpoint
+from experiments.callbacks import (
+    FiniteGuard,
+    SafeCheckpointIO,
+    checkpoint_safe_globals,
+    load_checkpoint_as_data,
+    newest_readable_checkpoint,
+)
 
 CONFIG_DIR = Path(__file__).resolve().parent
 TRAINER_DEFAULTS = CONFIG_DIR / "trainer.yaml"
@@ -50,6 +61,9 @@ class FusegenCLI(LightningCLI):
     run_dir: Path | None = None  # runs/<experiment>/, set once the config is parsed
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # LightningCLI itself reads a --ckpt_path file's hyperparameters with weights_only=True:
+        # it must accept exactly what SafeCheckpointIO accepts.
+        torch.serialization.add_safe_globals(checkpoint_safe_globals())
         defaults = {"default_config_files": [str(TRAINER_DEFAULTS)]}
         # With subcommands (the command line) each subcommand parser loads trainer.yaml;
         # with run=False (Python use, no subcommand) the single parser does.
@@ -80,8 +94,13 @@ class FusegenCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         check_learning_rates(config)
-        run_dir = str(Path(config.trainer.default_root_dir or "runs") / config.experiment)
+        root = Path(config.trainer.default_root_dir or "runs")
+        # A config saved by an earlier run already names the run folder: do not nest it twice.
+        run_dir = str(root if root.name == Path(config.experiment).name else root / config.experiment)
         self.run_dir = Path(run_dir)
+        # The Trainer's own root is the run folder too, so whatever falls back to it (pictures
+        # under fast_dev_run, whose loggers are dummies; profiler output) lands in the same place.
+        config.trainer.default_root_dir = run_dir
         _keep_reliability_defaults(config.trainer)
         _fill_run_dir(config.trainer.logger, run_dir)
         _fill_run_dir(config.trainer.callbacks, run_dir)
@@ -92,7 +111,6 @@ class FusegenCLI(LightningCLI):
                                         if not str(getattr(c, "class_path", "")).endswith("ProgressBar")]
         if torch.cuda.is_available():
             torch.set_float32_matmul_precision("high")  # TF32 on Ampere+; bf16 comes from the gpu preset
-
 
     # ------------------------------------------------------------------ running a subcommand
     # LightningCLI calls a method named after the subcommand when the CLI defines one.
@@ -161,7 +179,7 @@ def resolve_last_checkpoint(folder: Path) -> str:
                     path.replace(path.with_name(path.name + ".unreadable"))
             moved = " (unreadable files renamed to *.unreadable)"
         rank_zero_warn(f"--ckpt_path last: skipped {'; '.join(skipped)}; resuming from {chosen}, "
-                      f"the newest readable checkpoint{moved}")
+                       f"the newest readable checkpoint{moved}")
     return str(chosen)
 
 
@@ -217,11 +235,13 @@ def _rank_error(err: BaseException, rank: int, run_dir: Path | None, started: fl
             except OSError:
                 pass
         return RankError(f"rank {rank} failed: {here}")
-    dead = []
-    if run_dir is not None and run_dir.is_dir():
+    dead: list[str] = []
+    deadline = time.time() + 3.0  # the failed rank writes its note as it exits; give it a moment
+    while run_dir is not None and not dead and time.time() < deadline:
         for p in sorted(run_dir.glob("rank-*.error")):
             if p.stat().st_mtime >= started - 1 and p.name != f"rank-{rank}.error":
                 dead.append(f"{p.stem.replace('-', ' ')} failed first ({p.read_text().strip()}; saved in {p})")
+        time.sleep(0.2)
     which = "; ".join(dead) if dead else ("another rank died without an error message (killed, or out of memory?)")
     logs = f"This run's logs: {run_dir}/" if run_dir is not None else ""
     return RankError(
@@ -295,7 +315,7 @@ def main(args: list[str] | None = None) -> None:
         from experiments.tune import main as tune
 
         sys.exit(tune(argv[1:]))
-    problem = yaml_syntax_error(sys.argv[1:] if args is None else args)
+    problem = yaml_syntax_error(argv)
     if problem:
         print(f"fusegen: error: {problem}", file=sys.stderr)
         sys.exit(2)

@@ -82,7 +82,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
     p.add_argument("--data", choices=["auto", "real", "synthetic"], default="auto",
                    help="auto: real data, else download, else synthetic")
-    budget = p.add_argument_group("budgets (the defaults take ~3-5 minutes on 2 CPU cores)")
+    budget = p.add_argument_group("budgets (the defaults: a few minutes on 2 CPU cores)")
     budget.add_argument("--fusion-train-limit", type=int, default=4000, help="training pairs (synthetic: samples)")
     budget.add_argument("--fusion-epochs", type=int, default=2)
     budget.add_argument("--gan-batches", type=int, default=1920)

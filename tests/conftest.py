@@ -16,7 +16,9 @@ import torch
 
 from datamodules.paths import default_data_root
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One intra-op thread: the test models are tiny, and two threads on a busy 2-core machine made
+# single tests tens of times slower (thread contention), never faster.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -80,6 +80,12 @@ def test_checkpoint_io_refuses_code(evil_ckpt: tuple[Path, Path]):
     assert not marker.exists()
 
 
+def test_allowlisted_types_load(tmp_path: Path):
+    path = tmp_path / "paths.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(2)}, "hyper_parameters": {"root": tmp_path / "data"}}, path)
+    assert SafeCheckpointIO().load_checkpoint(path)["hyper_parameters"]["root"] == tmp_path / "data"
+
+
 @pytest.mark.parametrize("subcommand", ["fit", "test", "predict"])
 def test_cli_refuses_a_checkpoint_that_runs_code(subcommand: str, evil_ckpt: tuple[Path, Path], in_tmp: Path,
                                                  capsys: pytest.CaptureFixture):

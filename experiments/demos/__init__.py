@@ -71,10 +71,15 @@ class EpochLine(pl.Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         metrics = trainer.callback_metrics
-        shown = "  ".join(f"{k} {float(metrics[k]):.4g}" for k in self.KEYS if k in metrics)
+        shown = "  ".join(f"{k} {_number(float(metrics[k]))}" for k in self.KEYS if k in metrics)
         total = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
         say(f"  {self.name}: epoch {trainer.current_epoch + 1}{total}  {shown}  "
             f"({time.perf_counter() - self.start:.0f} s)")
+
+
+def _number(value: float) -> str:
+    """4 significant digits, but counts (env steps) in full."""
+    return str(int(value)) if value.is_integer() and abs(value) >= 1000 else f"{value:.4g}"
 
 
 @dataclass
