@@ -1,7 +1,7 @@
 """What the three demos share: one way to run a config through the CLI, read its metrics and
 collect its pictures, visible progress, and Lightning's chatter kept out of the user's way.
 
-A demo area is a module here with ``run(out_dir, data, budget) -> list[dict]`` (rows with
+A demo area is a module here with ``run(out_dir, data, **budget) -> list[dict]`` (rows with
 capability, experiment, data, metric, value, target, picture); ``experiments/demo.py`` drives them.
 """
 
