@@ -328,10 +328,25 @@ def main(args: list[str] | None = None) -> None:
             raise
         origin = err.__cause__ if isinstance(err, RankError) and err.__cause__ is not None else err
         frame = traceback.extract_tb(origin.__traceback__)[-1]
-        print(f"fusegen: error: {type(err).__name__}: {err}", file=sys.stderr)
-        print(f"  (raised at {frame.filename}:{frame.lineno}; set FUSEGEN_DEBUG=1 for the full traceback)",
-              file=sys.stderr)
+        constructor_errors = _constructor_errors(str(err))
+        if constructor_errors:  # a class's own check, wrapped by jsonargparse in a dump of the config
+            print("fusegen: error: " + "\n  ".join(constructor_errors), file=sys.stderr)
+            print("  (set FUSEGEN_DEBUG=1 for the full traceback)", file=sys.stderr)
+        else:
+            print(f"fusegen: error: {type(err).__name__}: {err}", file=sys.stderr)
+            print(f"  (raised at {frame.filename}:{frame.lineno}; set FUSEGEN_DEBUG=1 for the full traceback)",
+                  file=sys.stderr)
         sys.exit(1)
+
+
+def _constructor_errors(message: str) -> list[str]:
+    """The messages of the constructors that failed, out of jsonargparse's "Does not validate
+    against any of the Union subtypes" text (which appends the whole parsed config)."""
+    if "Does not validate against any of the Union subtypes" not in message or "Errors:" not in message:
+        return []
+    body = message.split("Errors:", 1)[1].split("\nGiven value type:", 1)[0]
+    errors = [line.strip()[2:] for line in body.splitlines() if line.strip().startswith("- ")]
+    return [e for e in errors if not e.startswith("Expected a <class 'NoneType'>")]
 
 
 def yaml_syntax_error(args: list[str]) -> str | None:

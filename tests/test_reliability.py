@@ -317,3 +317,12 @@ def test_dead_ddp_rank_is_named(in_tmp: Path):
     assert "rank 1 failed: RuntimeError: rank 1 broke on purpose" in err, err[-3000:]
     assert "rank 0 lost contact with the other ranks" in err and "rank 1 failed first" in err, err[-3000:]
     assert "Connection reset by peer" not in err.splitlines()[-1]
+
+
+def test_constructor_check_is_printed_alone_not_inside_a_config_dump(in_tmp: Path, capsys: pytest.CaptureFixture):
+    code, _, err = cli_exit(capsys, "fit", "--config", str(SYNTHETIC), *QUICK, *SMALL_DATA,
+                            "--model.init_args.dropout", "1.5")
+    assert code == 1
+    assert "model.init_args.dropout = 1.5 is out of range" in err
+    assert "Given value" not in err and "Union subtypes" not in err
+    assert len(err.strip().splitlines()) <= 3
