@@ -43,7 +43,7 @@ class SST2DataModule(RealDataModule):
     Args:
         root: data root holding ``sst2/{train,dev}.tsv``.
         tokenizer: ``"minilm"`` (local all-MiniLM-L6-v2 WordPiece, pairs with
-            ``TransformerTextEncoder(pretrained_path=...)``), ``"byte"`` (no files), or a local
+            ``TransformerTextEncoder(pretrained=...)``), ``"byte"`` (no files), or a local
             tokenizer folder.
         max_length: truncation length in tokens.
         train_limit: use only the first N training sentences (quick runs).

