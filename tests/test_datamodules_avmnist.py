@@ -12,15 +12,6 @@ from datamodules import AVMNISTDataModule
 from datamodules.sources import load_mnist
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: two threads fighting a busy shared machine make the linear algebra crawl."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def dm(data_root: Path) -> AVMNISTDataModule:
     module = AVMNISTDataModule(root=str(data_root))

@@ -39,15 +39,6 @@ def fake_build(root, *, audio_length: int, download: bool, skip_bad_files: bool)
     return tensors, meta
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: two threads fighting a busy shared machine make the linear algebra crawl."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def builds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls: list[int] = []

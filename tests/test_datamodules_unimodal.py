@@ -13,15 +13,6 @@ from datamodules.text import BYTE_OFFSET
 from datamodules.trimodal import WORDS
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: two threads fighting a busy shared machine make the linear algebra crawl."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_mnist_splits_ranges_and_resize(data_root: Path) -> None:
     dm = MNISTDataModule(root=str(data_root), image_size=32)
     dm.setup()

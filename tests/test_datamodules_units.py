@@ -14,15 +14,6 @@ from datamodules.sources import fit_length, parse_idx
 from datamodules.text import CLS_ID, PAD_ID, SEP_ID, ByteTokenizer, trim_batch
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: two threads fighting a busy shared machine make the linear algebra crawl."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_spectrogram_is_log_power_relative_to_its_peak() -> None:
     t = torch.arange(8000) / 8000
     noise = 0.01 * torch.randn(8000, generator=torch.Generator().manual_seed(0))
