@@ -143,3 +143,16 @@ def test_gan_ddp_cpu_preset(data_root: Path, in_tmp: Path) -> None:
                           *SMALL["gan"]], cwd=in_tmp, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     assert list(in_tmp.glob("runs/cdcgan-mnist/pictures/samples/*.png"))
+
+
+def test_every_family_puts_its_pictures_in_one_run_folder_layout(data_root: Path, in_tmp: Path):
+    """fusion, GAN and RL runs (fast_dev_run, whose loggers are dummies) all write runs/<experiment>/pictures/."""
+    runs = [("test", CONFIG_DIR / "fusion" / "synthetic-concat.yaml", ["--data.init_args.num_test", "64"],
+             "confusion_matrix.png"),
+            ("fit", CONFIG_DIR / "gan" / "cdcgan-mnist.yaml", [*SMALL["gan"], "--model.init_args.metrics", "false"],
+             "samples/epoch_000.png"),
+            ("fit", CONFIG_DIR / "rl" / "ppo-cartpole.yaml", [], "learning_curve.png")]
+    for subcommand, config, extra, picture in runs:
+        FusegenCLI(args=[subcommand, "--config", str(config), "--trainer.fast_dev_run", "2", *QUICK, *extra])
+        experiment = yaml.safe_load(config.read_text())["experiment"]
+        assert (in_tmp / "runs" / experiment / "pictures" / picture).is_file(), sorted(in_tmp.rglob("*.png"))
