@@ -7,10 +7,11 @@ Where a dataset is looked for, first match wins:
 2. the download root ``$FUSEGEN_CACHE/data`` (same layout), filled by ``download=True``.
 
 Nothing is written into the data root (it may be read-only). Downloads are checksummed:
-MNIST's ``.gz`` against torchvision's MD5s, FSDD's 3,000 wavs and SST-2's TSVs against the
-sha256 sums of the files this project was checked on (``checksums/fsdd-v1.0.10.tsv``,
-``SST2_SHA256``). A downloaded folder carries a ``COMPLETE.json`` marker written last and is
-re-verified on use; a broken one is re-extracted from its archive (or re-downloaded).
+MNIST's ``.gz`` against torchvision's MD5s, FSDD's 3,000 wavs against one digest of their
+sha256 sums (``FSDD_SHA256``), SST-2's TSVs against their sha256 sums (``SST2_SHA256``), all of
+the files this project was checked on. A downloaded folder carries a ``COMPLETE.json`` written
+last that lists every file's size and sha256; it is re-verified against that list on use, and a
+broken copy is re-extracted from its archive (or re-downloaded).
 
 ``ensure_datasets()`` is the one call a demo needs: it returns a data root on success and
 raises ``DataUnavailable`` (a ``FileNotFoundError``) naming the URLs and the fixes when offline.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import json
 import os
 import re
@@ -28,7 +30,6 @@ import tarfile
 import warnings
 import zipfile
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
@@ -50,7 +51,10 @@ __all__ = ["DataUnavailable", "DownloadCorrupt", "download_root", "ensure_datase
            "read_sst2", "fsdd_folder", "sst2_folder", "mnist_raw_folder"]
 
 FSDD_URL = "https://github.com/Jakobovski/free-spoken-digit-dataset/archive/refs/tags/v1.0.10.tar.gz"
-FSDD_CHECKSUMS = Path(__file__).with_name("checksums") / "fsdd-v1.0.10.tsv"
+# FSDD v1.0.10's recordings as one digest: the sha256 of the sorted lines
+# "recordings/<name>.wav\t<sha256 of the file>\n" (shared/data/fsdd/MANIFEST.tsv gives the sums).
+FSDD_FILES = 3000
+FSDD_SHA256 = "6a1aafacf40d8a7aeda379f079a39ca7e165fe03f4ed5d63a2ab25f3a8420685"
 SST2_URL = "https://dl.fbaipublicfiles.com/glue/data/SST-2.zip"
 SST2_SHA256 = {
     "train.tsv": "48eac26399f8456935f81dd9e3a745c1430adb6c62e233ccfe22db4a0d15d1d1",
@@ -179,7 +183,7 @@ class Archive:
     url: str
     file_name: str  # the archive's name in cache_dir("downloads")
     member: Callable[[str], str | None]  # archive member name -> path inside the dataset folder (or skip)
-    checksums: Callable[[], dict[str, tuple[int | None, str]]]  # path -> (bytes or None, sha256)
+    verify: Callable[[dict[str, str]], list[str]]  # {path: sha256} extracted -> problems (none: trusted)
     layout: str
 
 
@@ -195,27 +199,31 @@ def _sst2_member(name: str) -> str | None:
     return parts[-1] if len(parts) == 2 and parts[0] == "SST-2" and parts[1].endswith(".tsv") else None
 
 
-@lru_cache(maxsize=4)
-def _read_checksum_table(path: str) -> dict[str, tuple[int | None, str]]:
-    with open(path, encoding="utf-8", newline="") as f:
-        rows = list(csv.DictReader(f, delimiter="\t"))
-    return {r["path"]: (int(r["bytes"]), r["sha256"]) for r in rows}
+def files_digest(sums: dict[str, str]) -> str:
+    """One sha256 for a set of files: of the sorted ``"<path>\t<sha256>\n"`` lines."""
+    return hashlib.sha256("".join(f"{rel}\t{sums[rel]}\n" for rel in sorted(sums)).encode()).hexdigest()
 
 
-def fsdd_checksums() -> dict[str, tuple[int | None, str]]:
-    return _read_checksum_table(str(FSDD_CHECKSUMS))
+def _verify_fsdd(sums: dict[str, str]) -> list[str]:
+    recordings = {rel: sha for rel, sha in sums.items() if rel.startswith("recordings/")}
+    if len(recordings) != FSDD_FILES:
+        return [f"{len(recordings):,} recordings, expected {FSDD_FILES:,}"]
+    if files_digest(recordings) != FSDD_SHA256:
+        return [f"the recordings' sha256 digest differs from FSDD v1.0.10's ({FSDD_SHA256[:12]}...)"]
+    return []
 
 
-def sst2_checksums() -> dict[str, tuple[int | None, str]]:
-    return {name: (None, sha) for name, sha in SST2_SHA256.items()}
+def _verify_sst2(sums: dict[str, str]) -> list[str]:
+    return [f"{name} ({'missing' if name not in sums else f'sha256 differs from the expected {sha[:12]}...'})"
+            for name, sha in SST2_SHA256.items() if sums.get(name) != sha]
 
 
 def archives() -> dict[str, Archive]:
     # Built on call so tests (and users behind a mirror) can monkeypatch the URL constants.
     return {
         "fsdd": Archive("fsdd", FSDD_URL, "free-spoken-digit-dataset-v1.0.10.tar.gz", _fsdd_member,
-                        fsdd_checksums, "fsdd/recordings/{digit}_{speaker}_{take}.wav"),
-        "sst2": Archive("sst2", SST2_URL, "SST-2.zip", _sst2_member, sst2_checksums,
+                        _verify_fsdd, "fsdd/recordings/{digit}_{speaker}_{take}.wav"),
+        "sst2": Archive("sst2", SST2_URL, "SST-2.zip", _sst2_member, _verify_sst2,
                         "sst2/train.tsv and sst2/dev.tsv (GLUE SST-2)"),
     }
 
@@ -233,14 +241,24 @@ def _file_problems(folder: Path, checksums: dict[str, tuple[int | None, str]], f
     return bad
 
 
+def _recorded_files(folder: Path) -> dict[str, tuple[int | None, str]] | None:
+    """The file list ``COMPLETE.json`` recorded at extraction (None: no usable marker)."""
+    try:
+        files = json.loads((folder / COMPLETE).read_text())["files"]
+        return {rel: (int(size), sha) for rel, (size, sha) in files.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
 def downloaded_problem(spec: Archive, full_hash: bool = True) -> str | None:
     """Why the downloaded copy of ``spec`` cannot be used (None: complete and verified)."""
     folder = download_root() / spec.name
     if not folder.is_dir():
         return "missing"
-    if not (folder / COMPLETE).is_file():
-        return f"{folder} has no {COMPLETE} marker (an extraction was interrupted)"
-    bad = _file_problems(folder, spec.checksums(), full_hash)
+    files = _recorded_files(folder)
+    if files is None:
+        return f"{folder} has no readable {COMPLETE} marker (an extraction was interrupted)"
+    bad = _file_problems(folder, files, full_hash)
     if bad:
         return f"{bad[0]}" + (f" and {len(bad) - 1} more file(s)" if len(bad) > 1 else "")
     return None
@@ -251,10 +269,13 @@ def _extract(spec: Archive, archive: Path) -> Path:
     final = download_root() / spec.name
     tmp = temp_folder_beside(final)
     try:
+        written: dict[str, tuple[int, str]] = {}
+
         def write(rel: str, data: bytes) -> None:
             out = tmp / rel
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_bytes(data)
+            written[rel] = (len(data), hashlib.sha256(data).hexdigest())
 
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as z:
@@ -268,8 +289,7 @@ def _extract(spec: Archive, archive: Path) -> Path:
                     rel = spec.member(m.name) if m.isfile() else None
                     if rel:
                         write(rel, t.extractfile(m).read())
-        checksums = spec.checksums()
-        bad = [b.replace(str(tmp) + os.sep, "") for b in _file_problems(tmp, checksums, full_hash=True)]
+        bad = spec.verify({rel: sha for rel, (_, sha) in written.items()})
         if bad:
             archive.unlink(missing_ok=True)  # a rerun downloads it again
             shown = "\n  ".join(bad[:10]) + (f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else "")
@@ -278,7 +298,8 @@ def _extract(spec: Archive, archive: Path) -> Path:
                 f"and deleted, nothing was kept:\n  {shown}\nRerun to download it again, or point FUSEGEN_DATA at "
                 f"a folder holding {spec.layout}."
             )
-        (tmp / COMPLETE).write_text(json.dumps({"url": spec.url, "files": len(checksums)}))  # written last
+        # written last; later uses re-verify the copy against this list
+        (tmp / COMPLETE).write_text(json.dumps({"url": spec.url, "files": written}))
         return publish_folder(tmp, final)
     finally:
         if tmp.exists():

@@ -77,8 +77,8 @@ def fake_fsdd_files() -> dict[str, bytes]:
             for k in TAKES}
 
 
-def checksums_of(files: dict[str, bytes]) -> dict[str, tuple[int, str]]:
-    return {rel: (len(data), hashlib.sha256(data).hexdigest()) for rel, data in files.items()}
+def digest_of(files: dict[str, bytes]) -> str:
+    return sources.files_digest({rel: hashlib.sha256(data).hexdigest() for rel, data in files.items()})
 
 
 def write_tarball(path: Path, files: dict[str, bytes], top: str = "free-spoken-digit-dataset-1.0.10") -> None:
@@ -89,11 +89,11 @@ def write_tarball(path: Path, files: dict[str, bytes], top: str = "free-spoken-d
             t.addfile(info, io.BytesIO(data))
 
 
-def serve_fsdd(monkeypatch, www: Path, base: str, files: dict[str, bytes], expected: dict | None = None) -> None:
+def serve_fsdd(monkeypatch, www: Path, base: str, files: dict[str, bytes], expected: str | None = None) -> None:
     write_tarball(www / "v1.0.10.tar.gz", files)
     monkeypatch.setattr(sources, "FSDD_URL", f"{base}/v1.0.10.tar.gz")
-    want = checksums_of(files) if expected is None else expected
-    monkeypatch.setattr(sources, "fsdd_checksums", lambda: want)
+    monkeypatch.setattr(sources, "FSDD_FILES", len(files))
+    monkeypatch.setattr(sources, "FSDD_SHA256", digest_of(files) if expected is None else expected)
 
 
 def test_fsdd_download_lands_verified_with_progress(cache, server, monkeypatch, capsys) -> None:
@@ -128,16 +128,16 @@ def test_fsdd_download_lands_verified_with_progress(cache, server, monkeypatch, 
         assert names == [Path(p).stem.split("_")[1] for p in paths] and set(names) == {"alice", "bob"}
 
 
-def test_corrupt_download_is_refused_naming_the_file(cache, server, monkeypatch) -> None:
+def test_corrupt_download_is_refused_naming_the_archive(cache, server, monkeypatch) -> None:
     www, base = server
     files = fake_fsdd_files()
-    expected = checksums_of(files)
+    expected = digest_of(files)
     files["recordings/3_bob_6.wav"] = files["recordings/3_bob_6.wav"][:-10] + b"\x00" * 10  # same size, other bytes
     serve_fsdd(monkeypatch, www, base, files, expected)
     with pytest.raises(DownloadCorrupt) as err:
         FSDDDataModule(download=True, split="recording").setup()
     msg = str(err.value)
-    assert "recordings/3_bob_6.wav" in msg and "sha256" in msg and "recordings/3_bob_5.wav" not in msg
+    assert "v1.0.10.tar.gz" in msg and "sha256 digest differs" in msg
     assert not (cache / "data" / "fsdd").exists()  # nothing half-verified is kept ...
     assert not list((cache / "downloads").glob("*.tar.gz"))  # ... and the bad archive is gone, so a rerun refetches
     assert not [p for p in (cache / "data").iterdir() if p.name.startswith(".")]
@@ -270,3 +270,12 @@ def test_ensure_datasets_offline_raises_data_unavailable(cache, monkeypatch) -> 
     assert "MNIST train-images-idx3-ubyte.gz" in str(err.value) and "FUSEGEN_DATA" in str(err.value)
     with pytest.raises(ValueError, match="unknown dataset"):
         sources.ensure_datasets(datasets=["cifar"])
+
+
+def test_fsdd_digest_matches_the_real_release(data_root: Path) -> None:
+    """FSDD_SHA256 is the digest of FSDD v1.0.10's own 3,000 recordings (a download is judged by it)."""
+    folder = data_root / "fsdd" / "recordings"
+    sums = {f"recordings/{p.name}": hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.glob("*.wav")}
+    assert sources._verify_fsdd(sums) == []
+    first = sorted(sums)[0]
+    assert sources._verify_fsdd({**sums, first: "0" * 64}) and sources._verify_fsdd(dict(list(sums.items())[1:]))
