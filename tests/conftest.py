@@ -40,3 +40,18 @@ def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Run inside a temp dir so runs/ lands there."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture
+def cli_exit(capsys: pytest.CaptureFixture):
+    """``cli_exit(*args)`` runs ``fusegen ARGS`` in-process and returns (exit code, stdout, stderr)."""
+    from experiments.cli import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(list(args))
+            raise SystemExit(0)
+        out, err = capsys.readouterr()
+        return exit_info.value.code, out, err
+
+    return run

@@ -13,21 +13,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from experiments.cli import CONFIG_DIR, FusegenCLI, main
+from experiments.cli import CONFIG_DIR, FusegenCLI
 
 SYNTHETIC = CONFIG_DIR / "fusion" / "synthetic-concat.yaml"
 QUICK = ["--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false"]
 SMALL_DATA = ["--data.init_args.num_train", "256", "--data.init_args.num_val", "64",
               "--data.init_args.num_test", "64"]
-
-
-def cli_exit(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
-    """Run `fusegen ARGS` in-process; return (exit code, stdout, stderr)."""
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-        raise SystemExit(0)
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
 
 
 def run_cli(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -121,8 +112,8 @@ def test_stacked_configs_merge_in_order(in_tmp: Path):
     assert {Path(lg.save_dir).as_posix() for lg in cli.trainer.loggers} == {"runs/stacked"}
 
 
-def test_gpu_preset_is_only_a_config_change(capsys: pytest.CaptureFixture):
-    code, out, err = cli_exit(capsys, "fit", "--config", str(SYNTHETIC),
+def test_gpu_preset_is_only_a_config_change(cli_exit):
+    code, out, err = cli_exit("fit", "--config", str(SYNTHETIC),
                               "--config", str(CONFIG_DIR / "presets" / "gpu.yaml"), "--print_config")
     assert code == 0, err[-2000:]
     trainer = yaml.safe_load(out)["trainer"]
@@ -160,34 +151,34 @@ def _error(code: int, err: str) -> str:
     return err
 
 
-def test_unknown_key_names_the_key(capsys: pytest.CaptureFixture):
-    code, _, err = cli_exit(capsys, "fit", "--config", str(SYNTHETIC), "--trainer.max_epohcs", "2")
+def test_unknown_key_names_the_key(cli_exit):
+    code, _, err = cli_exit("fit", "--config", str(SYNTHETIC), "--trainer.max_epohcs", "2")
     assert "max_epohcs" in _error(code, err)
 
 
-def test_unknown_key_in_a_config_file_names_the_key(in_tmp: Path, capsys: pytest.CaptureFixture):
+def test_unknown_key_in_a_config_file_names_the_key(in_tmp: Path, cli_exit):
     bad = in_tmp / "bad.yaml"
     bad.write_text("data:\n  init_args:\n    batch_sise: 3\n")
-    code, _, err = cli_exit(capsys, "fit", "--config", str(SYNTHETIC), "--config", str(bad))
+    code, _, err = cli_exit("fit", "--config", str(SYNTHETIC), "--config", str(bad))
     err = _error(code, err)
     assert "batch_sise" in err and "is not accepted" in err
 
 
-def test_wrong_type_names_the_key(capsys: pytest.CaptureFixture):
-    code, _, err = cli_exit(capsys, "fit", "--config", str(SYNTHETIC), "--trainer.max_epochs", "abc")
+def test_wrong_type_names_the_key(cli_exit):
+    code, _, err = cli_exit("fit", "--config", str(SYNTHETIC), "--trainer.max_epochs", "abc")
     err = _error(code, err)
     assert "trainer.max_epochs" in err and "abc" in err
 
 
-def test_missing_class_path_names_it(capsys: pytest.CaptureFixture):
-    code, _, err = cli_exit(capsys, "fit", "--config", str(SYNTHETIC),
+def test_missing_class_path_names_it(cli_exit):
+    code, _, err = cli_exit("fit", "--config", str(SYNTHETIC),
                             "--model.init_args.fusion.class_path", "fusion.NoSuchFusion")
     assert "NoSuchFusion" in _error(code, err)
 
 
-def test_missing_data_root_names_path_and_fix(in_tmp: Path, capsys: pytest.CaptureFixture):
+def test_missing_data_root_names_path_and_fix(in_tmp: Path, cli_exit):
     missing = in_tmp / "no-such-data"
-    code, _, err = cli_exit(capsys, "fit", "--config", str(CONFIG_DIR / "fusion" / "avmnist-concat.yaml"),
+    code, _, err = cli_exit("fit", "--config", str(CONFIG_DIR / "fusion" / "avmnist-concat.yaml"),
                             "--data.init_args.root", str(missing), "--trainer.fast_dev_run", "1", *QUICK)
     err = _error(code, err)
     assert str(missing) in err and "FUSEGEN_DATA" in err

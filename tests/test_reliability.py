@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from experiments.callbacks import FiniteGuard, NonFiniteError, SafeCheckpointIO, UnreadableCheckpointError
-from experiments.cli import CONFIG_DIR, main
+from experiments.cli import CONFIG_DIR
 
 SYNTHETIC = CONFIG_DIR / "fusion" / "synthetic-concat.yaml"
 QUICK = ["--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false"]
@@ -89,14 +89,6 @@ model:
 """
 
 
-def cli_exit(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-        raise SystemExit(0)
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
-
-
 @pytest.fixture
 def helpers(in_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (in_tmp / "nanhelpers.py").write_text(HELPERS)
@@ -110,9 +102,9 @@ def all_finite(ckpt: Path) -> bool:
 
 
 # ---------------------------------------------------------------------------------- NaN stop
-def test_nan_image_stops_fusion_fit_naming_step_sample_modality(helpers: Path, capsys: pytest.CaptureFixture):
+def test_nan_image_stops_fusion_fit_naming_step_sample_modality(helpers: Path, cli_exit):
     # 4 batches per epoch: epoch 0 ends with a good last.ckpt, then batch 2 of epoch 1 has a NaN image
-    code, _, err = cli_exit(capsys, "fit", "--config", str(SYNTHETIC), *SMALL_DATA, *QUICK,
+    code, _, err = cli_exit("fit", "--config", str(SYNTHETIC), *SMALL_DATA, *QUICK,
                             "--data.class_path", "nanhelpers.NaNSynthetic", "--data.init_args.nan_at", "6",
                             "--trainer.max_epochs", "3")
     assert code != 0, err[-2000:]
@@ -124,9 +116,9 @@ def test_nan_image_stops_fusion_fit_naming_step_sample_modality(helpers: Path, c
     assert all_finite(last)
 
 
-def test_nan_batch_stops_the_gan(helpers: Path, capsys: pytest.CaptureFixture):
+def test_nan_batch_stops_the_gan(helpers: Path, cli_exit):
     (helpers / "gan.yaml").write_text(GAN_YAML)
-    code, _, err = cli_exit(capsys, "fit", "--config", "gan.yaml", *QUICK)
+    code, _, err = cli_exit("fit", "--config", "gan.yaml", *QUICK)
     assert code != 0
     # manual optimisation: the discriminator loss of batch 3 is caught before its backward;
     # global_step counts D and G steps (2 per batch)
@@ -134,9 +126,9 @@ def test_nan_batch_stops_the_gan(helpers: Path, capsys: pytest.CaptureFixture):
     assert "sample 5, modality 'image' has NaN" in err
 
 
-def test_nan_return_stops_the_rl_agent(helpers: Path, capsys: pytest.CaptureFixture):
+def test_nan_return_stops_the_rl_agent(helpers: Path, cli_exit):
     (helpers / "rl.yaml").write_text(RL_YAML)
-    code, _, err = cli_exit(capsys, "fit", "--config", "rl.yaml", *QUICK)
+    code, _, err = cli_exit("fit", "--config", "rl.yaml", *QUICK)
     assert code != 0
     assert "non-finite loss" in err and "global step 1, epoch 0, batch 1" in err, err[-2000:]
     assert "sample 3, batch key 'returns' has NaN" in err
@@ -215,25 +207,25 @@ def test_killed_save_leaves_previous_checkpoint_intact(tmp_path: Path, monkeypat
     assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # the temp file went with the failure
 
 
-def test_unreadable_checkpoint_is_named(tmp_path: Path, in_tmp: Path, capsys: pytest.CaptureFixture):
+def test_unreadable_checkpoint_is_named(tmp_path: Path, in_tmp: Path, cli_exit):
     empty = tmp_path / "empty.ckpt"
     empty.write_bytes(b"")
     with pytest.raises(UnreadableCheckpointError, match=r"empty.ckpt is unreadable .*0 bytes.*truncated or corrupt"):
         SafeCheckpointIO().load_checkpoint(empty)
-    code, _, err = cli_exit(capsys, "fit", "--config", str(SYNTHETIC), *SMALL_DATA, *QUICK,
+    code, _, err = cli_exit("fit", "--config", str(SYNTHETIC), *SMALL_DATA, *QUICK,
                             "--trainer.max_epochs", "1", "--ckpt_path", str(empty))
     assert code != 0 and f"checkpoint {empty} is unreadable" in err
 
 
-def test_resume_last_falls_back_to_newest_readable_checkpoint(in_tmp: Path, capsys: pytest.CaptureFixture):
+def test_resume_last_falls_back_to_newest_readable_checkpoint(in_tmp: Path, cli_exit):
     args = ["fit", "--config", str(SYNTHETIC), *SMALL_DATA, *QUICK]
-    assert cli_exit(capsys, *args, "--trainer.max_epochs", "1")[0] == 0
+    assert cli_exit(*args, "--trainer.max_epochs", "1")[0] == 0
     folder = in_tmp / "runs" / "synthetic-concat" / "checkpoints"
     good = next(p for p in folder.glob("epoch=*.ckpt"))
     (folder / "last.ckpt").write_bytes((folder / "last.ckpt").read_bytes()[:1000])  # a torn last.ckpt
     (folder / ".last.ckpt.abc123.fusegen-tmp").write_bytes(b"left by a killed save")
     with pytest.warns(UserWarning) as warned:
-        code, _, err = cli_exit(capsys, *args, "--trainer.max_epochs", "2", "--ckpt_path", "last")
+        code, _, err = cli_exit(*args, "--trainer.max_epochs", "2", "--ckpt_path", "last")
     assert code == 0, err[-2000:]
     messages = [str(w.message) for w in warned]
     assert any("skipped last.ckpt" in m and f"resuming from {good}" in m for m in messages), messages
@@ -246,34 +238,34 @@ def test_resume_last_falls_back_to_newest_readable_checkpoint(in_tmp: Path, caps
 
 # ---------------------------------------------------------------------------------- bad values
 @pytest.mark.parametrize("key", ["model.init_args.optimizer.init_args.lr"])
-def test_negative_learning_rate_names_key_value_and_range(key: str, in_tmp: Path, capsys: pytest.CaptureFixture):
-    code, _, err = cli_exit(capsys, "fit", "--config", str(SYNTHETIC), *QUICK, f"--{key}", "-0.001")
+def test_negative_learning_rate_names_key_value_and_range(key: str, in_tmp: Path, cli_exit):
+    code, _, err = cli_exit("fit", "--config", str(SYNTHETIC), *QUICK, f"--{key}", "-0.001")
     assert code != 0
     assert f"{key} = -0.001" in err and ">= 0" in err
     assert not (in_tmp / "runs").exists()
 
 
-def test_negative_gan_learning_rate_names_key(in_tmp: Path, capsys: pytest.CaptureFixture):
+def test_negative_gan_learning_rate_names_key(in_tmp: Path, cli_exit):
     gan = yaml.safe_load(GAN_YAML)
     gan["data"] = {"class_path": "datamodules.SyntheticMultimodalDataModule", "init_args": {"num_train": 32}}
     gan["model"]["init_args"]["optimizer_d"] = {"class_path": "torch.optim.Adam", "init_args": {"lr": -1.0}}
     (in_tmp / "gan.yaml").write_text(yaml.safe_dump(gan))
-    code, _, err = cli_exit(capsys, "fit", "--config", "gan.yaml", *QUICK)
+    code, _, err = cli_exit("fit", "--config", "gan.yaml", *QUICK)
     assert code != 0 and "model.init_args.optimizer_d.init_args.lr = -1.0" in err
 
 
-def test_failure_before_first_step_leaves_no_run_folder(helpers: Path, capsys: pytest.CaptureFixture):
+def test_failure_before_first_step_leaves_no_run_folder(helpers: Path, cli_exit):
     # a NaN in the very first batch: the run fails at step 0, after the loggers made version_0/
-    code, _, err = cli_exit(capsys, "fit", "--config", str(SYNTHETIC), *SMALL_DATA, *QUICK,
+    code, _, err = cli_exit("fit", "--config", str(SYNTHETIC), *SMALL_DATA, *QUICK,
                             "--data.class_path", "nanhelpers.NaNSynthetic", "--data.init_args.nan_at", "0")
     assert code != 0 and "global step 0" in err
     assert not (helpers / "runs").exists(), sorted(map(str, (helpers / "runs").rglob("*")))
 
 
-def test_failure_keeps_folders_of_earlier_runs(helpers: Path, capsys: pytest.CaptureFixture):
+def test_failure_keeps_folders_of_earlier_runs(helpers: Path, cli_exit):
     args = ["fit", "--config", str(SYNTHETIC), *SMALL_DATA, *QUICK]
-    assert cli_exit(capsys, *args, "--trainer.max_epochs", "1")[0] == 0
-    code, _, _ = cli_exit(capsys, *args, "--data.class_path", "nanhelpers.NaNSynthetic", "--data.init_args.nan_at", "0")
+    assert cli_exit(*args, "--trainer.max_epochs", "1")[0] == 0
+    code, _, _ = cli_exit(*args, "--data.class_path", "nanhelpers.NaNSynthetic", "--data.init_args.nan_at", "0")
     assert code != 0
     run = helpers / "runs" / "synthetic-concat"
     assert sorted(p.name for p in (run / "tensorboard").iterdir()) == ["version_0"]
@@ -281,10 +273,10 @@ def test_failure_keeps_folders_of_earlier_runs(helpers: Path, capsys: pytest.Cap
     assert (run / "checkpoints" / "last.ckpt").is_file()
 
 
-def test_yaml_syntax_error_names_file_line_and_column(in_tmp: Path, capsys: pytest.CaptureFixture):
+def test_yaml_syntax_error_names_file_line_and_column(in_tmp: Path, cli_exit):
     bad = in_tmp / "broken.yaml"
     bad.write_text("model:\n  init_args:\n    dropout: [0.1\n    num_classes: 3\n")
-    code, _, err = cli_exit(capsys, "fit", "--config", str(SYNTHETIC), "--config", str(bad))
+    code, _, err = cli_exit("fit", "--config", str(SYNTHETIC), "--config", str(bad))
     assert code != 0
     first = err.strip().splitlines()[0]
     assert first.startswith(f"fusegen: error: {bad}:4:16: ") and "YAML" in first, err
@@ -319,8 +311,8 @@ def test_dead_ddp_rank_is_named(in_tmp: Path):
     assert "Connection reset by peer" not in err.splitlines()[-1]
 
 
-def test_constructor_check_is_printed_alone_not_inside_a_config_dump(in_tmp: Path, capsys: pytest.CaptureFixture):
-    code, _, err = cli_exit(capsys, "fit", "--config", str(SYNTHETIC), *QUICK, *SMALL_DATA,
+def test_constructor_check_is_printed_alone_not_inside_a_config_dump(in_tmp: Path, cli_exit):
+    code, _, err = cli_exit("fit", "--config", str(SYNTHETIC), *QUICK, *SMALL_DATA,
                             "--model.init_args.dropout", "1.5")
     assert code == 1
     assert "model.init_args.dropout = 1.5 is out of range" in err

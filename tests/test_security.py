@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from experiments.callbacks import SafeCheckpointIO, UnsafeCheckpointError
-from experiments.cli import CONFIG_DIR, main
+from experiments.cli import CONFIG_DIR
 
 SYNTHETIC = CONFIG_DIR / "fusion" / "synthetic-concat.yaml"
 QUICK = ["--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false"]
@@ -57,13 +57,6 @@ class Payload:
         return (open, (str(self.marker), "w"))
 
 
-def cli_exit(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-        raise SystemExit(0)
-    return exit_info.value.code, capsys.readouterr().err
-
-
 @pytest.fixture
 def evil_ckpt(tmp_path: Path) -> tuple[Path, Path]:
     marker = tmp_path / "code-ran"
@@ -88,38 +81,38 @@ def test_allowlisted_types_load(tmp_path: Path):
 
 @pytest.mark.parametrize("subcommand", ["fit", "test", "predict"])
 def test_cli_refuses_a_checkpoint_that_runs_code(subcommand: str, evil_ckpt: tuple[Path, Path], in_tmp: Path,
-                                                 capsys: pytest.CaptureFixture):
+                                                 cli_exit):
     path, marker = evil_ckpt
-    code, err = cli_exit(capsys, subcommand, "--config", str(SYNTHETIC), *QUICK, "--ckpt_path", str(path))
+    code, _, err = cli_exit(subcommand, "--config", str(SYNTHETIC), *QUICK, "--ckpt_path", str(path))
     assert code != 0
     assert f"refusing to load checkpoint {path}" in err and "weights_only" in err and "Traceback" not in err
     assert not marker.exists()
 
 
 def test_resume_last_skips_a_checkpoint_that_runs_code(evil_ckpt: tuple[Path, Path], in_tmp: Path,
-                                                       capsys: pytest.CaptureFixture):
+                                                       cli_exit):
     path, marker = evil_ckpt
     folder = in_tmp / "runs" / "synthetic-concat" / "checkpoints"
     folder.mkdir(parents=True)
     (folder / "last.ckpt").write_bytes(path.read_bytes())
     with pytest.warns(UserWarning):  # nothing readable: Lightning's own "no checkpoint" warning is not reached
-        code, err = cli_exit(capsys, "fit", "--config", str(SYNTHETIC), *QUICK, "--ckpt_path", "last")
+        code, _, err = cli_exit("fit", "--config", str(SYNTHETIC), *QUICK, "--ckpt_path", "last")
     assert code != 0 and "no readable checkpoint" in err and "last.ckpt (not loadable as data)" in err
     assert not marker.exists()
 
 
 @pytest.mark.parametrize("family", ["fusion", "gan", "rl"])
-def test_own_checkpoints_of_every_family_resume_as_data(family: str, in_tmp: Path, capsys: pytest.CaptureFixture):
+def test_own_checkpoints_of_every_family_resume_as_data(family: str, in_tmp: Path, cli_exit):
     if family == "fusion":
         args, experiment = ["--config", str(SYNTHETIC), *SMALL_DATA], "synthetic-concat"
     else:
         (in_tmp / f"{family}.yaml").write_text(GAN_YAML if family == "gan" else RL_YAML)
         args, experiment = ["--config", f"{family}.yaml"], f"{family}-tiny"
-    code, err = cli_exit(capsys, "fit", *args, *QUICK, "--trainer.max_epochs", "1")
+    code, _, err = cli_exit("fit", *args, *QUICK, "--trainer.max_epochs", "1")
     assert code == 0, err[-2000:]
     last = in_tmp / "runs" / experiment / "checkpoints" / "last.ckpt"
     first = torch.load(last, weights_only=True)  # no allowlist needed for the CLI's checkpoints
-    code, err = cli_exit(capsys, "fit", *args, *QUICK, "--trainer.max_epochs", "2", "--ckpt_path", "last")
+    code, _, err = cli_exit("fit", *args, *QUICK, "--trainer.max_epochs", "2", "--ckpt_path", "last")
     assert code == 0, err[-2000:]
     second = torch.load(last, weights_only=True)
     assert second["epoch"] == 1 and second["global_step"] == 2 * first["global_step"] > 0
