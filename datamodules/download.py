@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from datamodules.files import TMP_MARK, atomic_path
+from datamodules.files import atomic_path
 
 TIMEOUT_S = 30
 CHUNK = 1 << 16
@@ -112,18 +110,3 @@ def fetch(urls: list[str], target: Path, *, what: str, layout: str, md5: str | N
         raise DownloadCorrupt("; ".join(corrupt) + ". The server sent something else (a proxy page?) or the file "
                               "changed upstream; nothing was kept. " + offline_message(what, failures, target, layout))
     raise DataUnavailable(offline_message(what, failures, target, layout))
-
-
-def temp_folder_beside(final: Path) -> Path:
-    final.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=TMP_MARK))
-
-
-def publish_folder(tmp: Path, final: Path) -> Path:
-    """Rename a fully verified temp folder to ``final`` (replacing a broken earlier copy)."""
-    if final.exists():
-        broken = final.with_name(f".{final.name}.old-{os.getpid()}{TMP_MARK}")
-        os.replace(final, broken)
-        shutil.rmtree(broken, ignore_errors=True)
-    os.replace(tmp, final)
-    return final

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -46,6 +47,34 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike, replace: bool = True) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; on success it is renamed to ``path``.
+
+    For results made of several files (an extracted archive, a dataset cache): a reader sees the
+    whole folder or none of it. ``replace``: an existing ``path`` (a broken earlier copy) gives way;
+    otherwise an existing one is kept, as when another process finished the same folder first.
+    A failure removes the temporary folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_MARK))
+    try:
+        yield tmp
+        if path.exists() and replace:
+            old = path.with_name(f".{path.name}.old-{os.getpid()}{TMP_MARK}")
+            os.replace(path, old)
+            shutil.rmtree(old, ignore_errors=True)
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            if replace or not path.exists():
+                raise
+        _fsync_dir(path.parent)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -38,8 +38,6 @@ import io
 import json
 import math
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -48,7 +46,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from datamodules.base import BatchedDataset, RealDataModule, collate
-from datamodules.files import TMP_MARK, atomic_write_json
+from datamodules.files import atomic_folder, atomic_write_json
 from datamodules.paths import cache_dir
 
 KINDS = ("image", "audio", "text")
@@ -779,18 +777,11 @@ class HFDataModule(RealDataModule):
             arrays, meta = self._build()
             # Built in a temporary folder beside the final one and renamed: a failure or a kill
             # mid-way leaves no half-written cache that a later run would trust.
-            tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}.", suffix=TMP_MARK))
-            try:
+            # replace=False: another process (a DDP rank) that finished the same cache first wins.
+            with atomic_folder(final, replace=False) as tmp:
                 for s, a in arrays.items():
                     save_file({k: np.ascontiguousarray(v) for k, v in a.items()}, str(tmp / f"{s}.safetensors"))
                 atomic_write_json(tmp / "meta.json", meta)
-                try:
-                    os.replace(tmp, final)
-                except OSError:  # another process (a DDP rank) finished the same cache first
-                    if not (final / "meta.json").is_file():
-                        raise
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
         meta = json.loads((final / "meta.json").read_text())
         self.cache_path = final
         return {s: load_file(str(final / f"{s}.safetensors")) for s in meta["sizes"]}, meta

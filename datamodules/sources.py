@@ -25,7 +25,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import tarfile
 import warnings
 import zipfile
@@ -42,9 +41,8 @@ from datamodules.download import (
     DownloadCorrupt,
     checksum_problem,
     fetch,
-    publish_folder,
-    temp_folder_beside,
 )
+from datamodules.files import atomic_folder
 from datamodules.paths import HOW_TO_GET_DATA, cache_dir, resolve_data_root
 
 __all__ = ["DataUnavailable", "DownloadCorrupt", "download_root", "ensure_datasets", "load_mnist", "read_fsdd",
@@ -267,8 +265,7 @@ def downloaded_problem(spec: Archive, full_hash: bool = True) -> str | None:
 def _extract(spec: Archive, archive: Path) -> Path:
     """Extract the wanted members of ``archive`` into a temp folder, verify them all, rename."""
     final = download_root() / spec.name
-    tmp = temp_folder_beside(final)
-    try:
+    with atomic_folder(final) as tmp:
         written: dict[str, tuple[int, str]] = {}
 
         def write(rel: str, data: bytes) -> None:
@@ -300,10 +297,7 @@ def _extract(spec: Archive, archive: Path) -> Path:
             )
         # written last; later uses re-verify the copy against this list
         (tmp / COMPLETE).write_text(json.dumps({"url": spec.url, "files": written}))
-        return publish_folder(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    return final
 
 
 def ensure_downloaded(spec: Archive, download: bool) -> Path | None:
