@@ -34,6 +34,7 @@ import argparse
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -131,12 +132,22 @@ def redact(url: str) -> str:
 
 def make_storage(url: str, heartbeat_interval: int, grace_period: int) -> Any:
     import optuna
+    from sqlalchemy.exc import IntegrityError, OperationalError
 
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    return optuna.storages.RDBStorage(
-        url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-        failed_trial_callback=lambda study, trial: print(
-            f"fusegen tune: trial {trial.number} lost its worker (no heartbeat): marked failed", file=sys.stderr))
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                failed_trial_callback=lambda study, trial: print(
+                    f"fusegen tune: trial {trial.number} lost its worker (no heartbeat): marked failed",
+                    file=sys.stderr))
+        except (IntegrityError, OperationalError):
+            # Workers started at once on a new database race to create its tables; the loser
+            # finds them made on its next try.
+            if attempt == 4:
+                raise
+            time.sleep(0.5 * (attempt + 1))
 
 
 def pruning_callback(trial: Any, metric: str):
