@@ -11,7 +11,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev,text,bench]"
+	$(PY) -m pip install --quiet -e ".[dev,text,bench,rl,ship]"
 	touch $(STAMP)
 
 demo: $(STAMP)   ## a short real experiment per capability, a results table and pictures under runs/demo/

@@ -46,6 +46,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from datamodules.base import BatchedDataset, RealDataModule, collate
+from datamodules.checks import DATA, check_choice, check_real, check_value
 from datamodules.files import atomic_folder, atomic_write_json
 from datamodules.paths import cache_dir
 
@@ -376,16 +377,12 @@ class HFDataModule(RealDataModule):
                  batch_size: int = 64, num_workers: int = 0, streaming: bool = False, shuffle_buffer: int = 1000,
                  cache: bool = True) -> None:
         super().__init__()
-        if audio_format not in ("waveform", "spectrogram"):
-            raise ValueError(f"HFDataModule: audio_format must be 'waveform' or 'spectrogram', got {audio_format!r}")
-        if image_channels not in (1, 3):
-            raise ValueError(f"HFDataModule: image_channels must be 1 (grey) or 3 (RGB), got {image_channels}")
+        check_choice("audio_format", audio_format, ("waveform", "spectrogram"), prefix=DATA)
+        check_value("image_channels", image_channels, image_channels in (1, 3), "1 (grey) or 3 (RGB)", prefix=DATA)
         for key, v in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-            if not 0.0 <= v < 1.0:
-                raise ValueError(f"HFDataModule: {key} must be in [0, 1), got {v}")
+            check_real(key, v, 0.0, 1.0, high_open=True, prefix=DATA)
         for m, k in (kinds or {}).items():
-            if k not in KINDS:
-                raise ValueError(f"HFDataModule: kinds[{m!r}] must be one of {KINDS}, got {k!r}")
+            check_choice(f"kinds.{m}", k, KINDS, prefix=DATA)
         self.save_hyperparameters()
         size = image_size if isinstance(image_size, (list, tuple)) else (image_size, image_size)
         self.image_size = (int(size[0]), int(size[1]))

@@ -18,6 +18,7 @@ import torchmetrics
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
+from datamodules.checks import check_value
 from fusion.artifacts import save_figure
 from fusion.encoders import Encoder
 from fusion.heads import ConcatFusion, pooled_features
@@ -70,11 +71,6 @@ def _as_plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_as_plain(v) for v in value]
     return value
-
-
-def _check_range(key: str, value: Any, ok: bool, allowed: str) -> None:
-    if not ok:
-        raise ValueError(f"model.init_args.{key} = {value!r} is out of range: it must be {allowed}")
 
 
 def mlp(in_dim: int, hidden_dims: list[int], out_dim: int, dropout: float) -> nn.Sequential:
@@ -160,13 +156,13 @@ class FusionClassifier(pl.LightningModule):
         super().__init__()
         hidden_dims = list(hidden_dims or [])
         drop_at_test = list(drop_at_test or [])
-        _check_range("num_classes", num_classes, isinstance(num_classes, int) and num_classes >= 2, "an integer >= 2")
-        _check_range("hidden_dims", hidden_dims, all(isinstance(h, int) and h > 0 for h in hidden_dims),
+        check_value("num_classes", num_classes, isinstance(num_classes, int) and num_classes >= 2, "an integer >= 2")
+        check_value("hidden_dims", hidden_dims, all(isinstance(h, int) and h > 0 for h in hidden_dims),
                      "a list of positive integers")
-        _check_range("dropout", dropout, 0.0 <= dropout < 1.0, "in [0, 1)")
-        _check_range("modality_dropout", modality_dropout, 0.0 <= modality_dropout < 1.0, "in [0, 1)")
-        _check_range("warmup_fraction", warmup_fraction, 0.0 <= warmup_fraction < 1.0, "in [0, 1)")
-        _check_range("unimodal_loss_weight", unimodal_loss_weight, unimodal_loss_weight >= 0, ">= 0")
+        check_value("dropout", dropout, 0.0 <= dropout < 1.0, "in [0, 1)")
+        check_value("modality_dropout", modality_dropout, 0.0 <= modality_dropout < 1.0, "in [0, 1)")
+        check_value("warmup_fraction", warmup_fraction, 0.0 <= warmup_fraction < 1.0, "in [0, 1)")
+        check_value("unimodal_loss_weight", unimodal_loss_weight, unimodal_loss_weight >= 0, ">= 0")
         if not encoders:
             raise ValueError("model.init_args.encoders is empty: give at least one modality -> encoder")
         unknown = sorted(set(drop_at_test) - set(encoders))

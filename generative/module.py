@@ -32,6 +32,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 
+from datamodules.checks import check_choice, check_int, check_real, check_value
 from fusion.artifacts import FrozenModule
 from generative.conditioning import load_condition_encoder, pooled_unit_norm
 from generative.ema import get_ema_warmup_multi_avg_fn
@@ -111,24 +112,19 @@ class GAN(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["generator", "discriminator", "condition_encoder"])
         self.automatic_optimization = False
-        if loss not in LOSSES:
-            raise ValueError(f"model.init_args.loss={loss!r}: choose one of {', '.join(LOSSES)}")
-        if n_critic < 1:
-            raise ValueError(f"model.init_args.n_critic={n_critic}: must be >= 1")
-        if gp_weight < 0:
-            raise ValueError(f"model.init_args.gp_weight={gp_weight}: must be >= 0")
-        if condition_noise < 0:
-            raise ValueError(f"model.init_args.condition_noise={condition_noise}: must be >= 0")
-        if data_range[1] <= data_range[0]:
-            raise ValueError(f"model.init_args.data_range={list(data_range)}: needs [low, high] with low < high")
-        if num_predictions < 1:
-            raise ValueError(f"model.init_args.num_predictions={num_predictions}: must be >= 1")
+        check_choice("loss", loss, LOSSES)
+        check_int("n_critic", n_critic)
+        check_real("gp_weight", gp_weight, 0.0)
+        check_real("condition_noise", condition_noise, 0.0)
+        check_value("data_range", list(data_range), len(data_range) == 2 and data_range[0] < data_range[1],
+                    "[low, high] with low < high")
+        check_int("num_predictions", num_predictions)
         if labels is not None:
             if condition != "label":
-                raise ValueError(f"model.init_args.labels={labels} needs condition: label (condition is {condition!r})")
+                check_value("labels", labels, False, f"null: labels need condition: label (condition is {condition!r})")
             bad = [c for c in labels if not 0 <= c < num_classes]
             if bad or not labels:
-                raise ValueError(f"model.init_args.labels={labels}: give class indices in [0, {num_classes - 1}]")
+                check_value("labels", labels, False, f"class indices in [0, {num_classes - 1}]")
         self.generator, self.discriminator = generator, discriminator
         self.optimizer_g, self.optimizer_d = optimizer_g or _dcgan_adam, optimizer_d or _dcgan_adam
 

@@ -30,10 +30,11 @@ from pytorch_lightning.cli import OptimizerCallable
 from torch import nn
 from torch.utils.data import DataLoader
 
+from datamodules.checks import MODEL as KEY
+from datamodules.checks import check_int, check_real, check_value
 from datamodules.files import atomic_write_text
 from fusion.artifacts import PREDICTIONS, artifact_dir
 from rl.callbacks import LearningCurve
-from rl.checks import KEY, check_int, check_real, check_value
 from rl.data import RolloutDataset
 from rl.envs import (
     check_action_space,

@@ -209,7 +209,7 @@ def test_unimodal_losses_teach_each_encoder_to_classify_alone(tmp_path):
     batch["present"]["audio"][:] = False
     model.training_step(batch, 0).backward()
     assert all(p.grad is not None for p in model.unimodal_heads.parameters())
-    with pytest.raises(ValueError, match=r"model.init_args.unimodal_loss_weight = -1 is out of range: it must be >= 0"):
+    with pytest.raises(ValueError, match=r"model.init_args.unimodal_loss_weight = -1 is not allowed: >= 0"):
         small_model(unimodal_loss_weight=-1)
 
 
