@@ -4,15 +4,21 @@ Why batched: per-sample ``__getitem__`` + ``default_collate`` of nested dicts co
 microseconds a sample in Python. ``BatchedDataset.__getitems__`` (which ``DataLoader`` calls with
 the whole list of a batch's indices) gathers a batch with one tensor index per array instead,
 so the loader stays far ahead of the model even with ``num_workers=0``.
+
+Why ``ResumableSampler``: the training order of epoch ``e`` depends only on ``(seed, e)``, never on
+the global RNG, and a checkpoint records how many batches of the epoch were done, so a run resumed
+from any checkpoint (epoch end, or mid-epoch after a preemption) sees the same batches in the same
+order as one that never stopped.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import os
+from typing import Any, Callable, Iterator
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
 DIGIT_NAMES = tuple(str(d) for d in range(10))
 
@@ -63,6 +69,49 @@ class BatchedDataset(Dataset):
         return _tree_map(lambda t: t[0], self.get_batch(torch.tensor([i % len(self)])))
 
 
+class ResumableSampler(DistributedSampler):
+    """``DistributedSampler`` (one rank's share of a permutation seeded by ``seed + epoch``) that
+    can start an epoch part-way, for exact mid-epoch resume.
+
+    Lightning calls ``set_epoch`` before every epoch and keeps a ``DistributedSampler`` as it is
+    under DDP, so a single process and every DDP rank use the same code path. ``start_at(epoch,
+    skip)`` makes the next pass yield epoch ``epoch``'s order without its first ``skip`` indices;
+    ``len()`` stays the whole epoch's, as Lightning counts the batches already done itself.
+    ``generator``: the DataLoader's, reseeded from ``(seed, epoch)`` so loader-worker seeds do not
+    depend on the global RNG either."""
+
+    def __init__(self, dataset: Any, num_replicas: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0,
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
+        self.generator = generator
+        self._skip = 0
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self._skip = 0  # a pending start_at belongs to the epoch it named
+        super().set_epoch(epoch)
+        if self.generator is not None:
+            self.generator.manual_seed((self.seed * 1_000_003 + epoch) % 2**63)
+
+    def start_at(self, epoch: int, skip: int) -> None:
+        self.set_epoch(epoch)
+        self._skip = max(0, int(skip))
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())
+        skip, self._skip = self._skip, 0
+        return iter(indices[skip:])
+
+
+def default_seed() -> int:
+    """The ``seed_everything`` seed (Lightning exports it as ``PL_GLOBAL_SEED``), else 0."""
+    try:
+        return int(os.environ.get("PL_GLOBAL_SEED", 0))
+    except ValueError:
+        return 0
+
+
 class RealDataModule(pl.LightningDataModule):
     """Loader plumbing shared by the real-data modules: ``self.splits`` holds train/val/test.
 
@@ -84,19 +133,53 @@ class RealDataModule(pl.LightningDataModule):
     def __init__(self) -> None:
         super().__init__()
         self.splits: dict[str, BatchedDataset] = {}
+        self._train_sampler: ResumableSampler | None = None
+        self._resume_at: dict[str, int] | None = None
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if not self.splits:
             self.setup()
         workers = self.hparams.num_workers
+        # An own generator everywhere: creating a loader's iterator draws its workers' base seed,
+        # which must not advance (or depend on) the global RNG the model trains with.
+        generator = torch.Generator().manual_seed(default_seed())
+        sampler = None
+        if split == "train":
+            trainer = self.trainer
+            sampler = ResumableSampler(self.splits[split], num_replicas=trainer.world_size if trainer else 1,
+                                       rank=trainer.global_rank if trainer else 0, shuffle=shuffle,
+                                       seed=self._resume_at["seed"] if self._resume_at else default_seed(),
+                                       generator=generator)
+            if self._resume_at:
+                sampler.start_at(self._resume_at["epoch"], self._resume_at["batches"] * self.hparams.batch_size)
+                self._resume_at = None
+            self._train_sampler = sampler
         return DataLoader(
             self.splits[split],
             batch_size=self.hparams.batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle if sampler is None else None,
+            sampler=sampler,
             num_workers=workers,
             collate_fn=collate,
             persistent_workers=workers > 0,
+            generator=generator,
         )
+
+    # Lightning saves a datamodule's state_dict in every checkpoint and loads it before it asks
+    # for the loaders: where in its epoch the training order stands.
+    def state_dict(self) -> dict[str, Any]:
+        trainer, sampler = self.trainer, self._train_sampler
+        if trainer is None or sampler is None or trainer.state.fn != "fit":
+            return {}
+        done = int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+        epoch = int(trainer.current_epoch)
+        if done >= trainer.num_training_batches:  # an epoch-end checkpoint: the next epoch starts afresh
+            epoch, done = epoch + 1, 0
+        return {"train_order": {"seed": int(sampler.seed), "epoch": epoch, "batches": done}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        order = state_dict.get("train_order")
+        self._resume_at = {k: int(order[k]) for k in ("seed", "epoch", "batches")} if order else None
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -3,12 +3,14 @@
 A file is written to a temporary name *in its own folder* (so the final step is a rename on one
 filesystem, never a copy across filesystems), flushed and fsync'ed, then renamed over the target.
 A reader -- or a run killed half-way -- sees either the old file or the new one, never a torn
-one. A failed write removes its temporary file.
+one. A failed write removes its temporary file. A write that fails because the disk is full
+raises ``NoSpaceError`` naming the file and saying that the previous version of it is kept.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -19,6 +21,42 @@ from typing import Any, Iterator
 TMP_MARK = ".fusegen-tmp"
 _UMASK = os.umask(0o022)  # read once (os.umask can only be read by setting it), then restored
 os.umask(_UMASK)
+
+
+class NoSpaceError(OSError):
+    """The disk (or the user's quota) filled up while writing a file; the previous file is kept."""
+
+
+# torch's zip writer reports a short write (ENOSPC inside fwrite) as e.g. "[enforce fail at
+# inline_container.cc:672] . unexpected pos 707840 vs 707732" or "PytorchStreamWriter failed writing file".
+_SHORT_WRITE = ("unexpected pos", "failed writing file", "file write failed", "No space left on device")
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """Whether ``err`` is a write that failed for want of space (ENOSPC/EDQUOT, or torch's short write)."""
+    if isinstance(err, OSError):
+        return err.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(err, RuntimeError) and any(mark in str(err) for mark in _SHORT_WRITE)
+
+
+def disk_full_error(path: str | os.PathLike, err: BaseException, what: str = "file",
+                    previous: str | os.PathLike | None = None) -> NoSpaceError:
+    """``NoSpaceError("no space left on device writing <path>; the previous <what> <previous> is kept")``.
+
+    ``previous`` defaults to ``path`` itself when it exists (a rewrite); otherwise the message says
+    that nothing was replaced."""
+    path = Path(path)
+    if previous is None and path.exists():
+        previous = path
+    kept = (f"the previous {what} {previous} is kept" if previous is not None
+            else f"no earlier {what} was replaced")
+    detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    free = ""
+    with contextlib.suppress(OSError):
+        free = f"; {shutil.disk_usage(path.parent).free / 2**20:.0f} MiB free on that device now"
+    return NoSpaceError(errno.ENOSPC, f"no space left on device writing {path}; {kept} (the unfinished temporary "
+                        f"file was removed{free}; {type(err).__name__}: {detail}). Free some space, or point "
+                        "the output elsewhere, and run again.")
 
 
 @contextlib.contextmanager
@@ -39,10 +77,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     # mkstemp makes the file private (0600); give it the mode a plain open() would.
     os.chmod(tmp, 0o666 & ~_UMASK)
     try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            yield tmp
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except (OSError, RuntimeError) as err:
+            if not is_disk_full(err) or isinstance(err, NoSpaceError):
+                raise
+            tmp.unlink(missing_ok=True)  # give the space back before saying how much is free
+            raise disk_full_error(path, err) from err
         _fsync_dir(path.parent)
     finally:
         if tmp.exists():
@@ -61,7 +105,13 @@ def atomic_folder(path: str | os.PathLike, replace: bool = True) -> Iterator[Pat
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_MARK))
     try:
-        yield tmp
+        try:
+            yield tmp
+        except (OSError, RuntimeError) as err:
+            if not is_disk_full(err) or isinstance(err, NoSpaceError):
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise disk_full_error(path, err, what="folder") from err
         if path.exists() and replace:
             old = path.with_name(f".{path.name}.old-{os.getpid()}{TMP_MARK}")
             os.replace(path, old)

@@ -3,7 +3,10 @@
 ``FiniteGuard``: one non-finite-loss/gradient stop for every family (fusion, GANs, RL agents).
 ``SafeCheckpointIO``: checkpoints written atomically (temp file beside the target, fsync, rename),
 never written with non-finite weights, and loaded as data (``torch.load(weights_only=True)`` with
-an explicit allowlist), never as code.
+an explicit allowlist), never as code; a full disk is named, with the checkpoint that is kept.
+``StepSeed``: the random draws of every training batch depend only on (seed, epoch, batch), so a
+resumed run draws what an uninterrupted one would (dropout, SpecAugment, modality dropout).
+``Preemption``: SIGTERM/SIGINT finish the current step, write a checkpoint of it and exit non-zero.
 """
 
 from __future__ import annotations
@@ -12,17 +15,24 @@ import logging
 import math
 import os
 import pickle
+import random
 import re
+import signal
+import sys
+import threading
 import zipfile
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from datamodules.files import atomic_path
+from datamodules.base import default_seed
+from datamodules.files import NoSpaceError, atomic_path, disk_full_error
 
 log = logging.getLogger(__name__)
 
@@ -285,8 +295,12 @@ class SafeCheckpointIO(TorchCheckpointIO):
                     f"hold NaN/inf (e.g. {', '.join(bad[:3])}); the previous checkpoint is kept. {FIX_HINTS}")
         if storage_options is not None or not _is_local(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
-        with atomic_path(path) as tmp:
-            torch.save(checkpoint, tmp)
+        try:
+            with atomic_path(path) as tmp:
+                torch.save(checkpoint, tmp)
+        except NoSpaceError as err:
+            cause = err.__cause__ or err
+            raise disk_full_error(path, cause, what="checkpoint", previous=_previous_checkpoint(Path(path))) from cause
 
     def load_checkpoint(self, path: Any, map_location: Any = lambda storage, loc: storage,
                         weights_only: bool | None = None) -> dict[str, Any]:
@@ -295,6 +309,15 @@ class SafeCheckpointIO(TorchCheckpointIO):
         if not Path(path).is_file():
             raise FileNotFoundError(f"Checkpoint file not found: {path}")
         return load_checkpoint_as_data(path, map_location)
+
+
+def _previous_checkpoint(path: Path) -> Path | None:
+    """The checkpoint a failed write of ``path`` leaves as the newest: ``path`` itself (a rewrite of
+    ``last.ckpt``), else the newest other ``*.ckpt`` beside it."""
+    if path.is_file():
+        return path
+    others = [p for p in path.parent.glob("*.ckpt") if p.is_file() and p != path]
+    return max(others, key=lambda p: p.stat().st_mtime) if others else None
 
 
 def readable(path: Path) -> str | None:
@@ -326,3 +349,153 @@ def newest_readable_checkpoint(folder: Path, candidates: Iterable[Path] | None =
             return path, skipped
         skipped.append((path, why))
     return None, skipped
+
+
+# ---------------------------------------------------------------------------------- exact resume
+class StepSeed(Callback):
+    """Reseed the global RNGs (torch CPU and CUDA, numpy, ``random``) before every training batch
+    from ``(seed, epoch, batch index, rank)``.
+
+    Dropout, SpecAugment, modality dropout and a GAN's noise draw from the global RNG; what else ran
+    before a batch (validation, a sanity check, pictures, a restart) would otherwise shift those
+    draws, so a resumed run would not repeat the uninterrupted one. With the training order of
+    ``datamodules.ResumableSampler`` (seeded by ``(seed, epoch)``, position saved in the checkpoint)
+    and Lightning's loop, model and optimizer state, ``--ckpt_path last`` continues a run exactly,
+    from an epoch-end checkpoint or a mid-epoch one (``Preemption``).
+
+    Args:
+        seed: base seed; ``None``: the ``seed_everything`` seed. Saved in checkpoints, so a resumed
+            run keeps the seed it started with.
+    """
+
+    def __init__(self, seed: int | None = None) -> None:
+        self.seed = seed
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.seed is None:
+            self.seed = default_seed()
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        seed_step(self.seed or 0, trainer.current_epoch, batch_idx, trainer.global_rank)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seed": self.seed}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.seed = state_dict.get("seed", self.seed)
+
+
+def seed_step(*key: int) -> None:
+    """Seed torch (CPU and every CUDA device), numpy and ``random`` from the integers ``key``."""
+    high, low = np.random.SeedSequence([int(k) % 2**63 for k in key]).generate_state(2)
+    torch.manual_seed((int(high) << 31) ^ int(low))
+    np.random.seed(int(low))
+    random.seed(int(high))
+
+
+# ---------------------------------------------------------------------------------- preemption
+class Preempted(SystemExit):
+    """Training stopped on SIGTERM/SIGINT after saving a checkpoint; the exit code is 128 + signal."""
+
+
+class Preemption(Callback):
+    """On SIGTERM or SIGINT: finish the running training step, write a checkpoint of it, exit non-zero.
+
+    SIGTERM is what SLURM (preemption, ``scancel``, the time limit's warning), Kubernetes and
+    ``docker stop`` send; SIGINT is Ctrl+C. The handler only sets a flag; at the end of the current
+    training batch the checkpoint is written through the trainer's checkpoint IO
+    (``SafeCheckpointIO``: atomic), as ``last.ckpt`` in the ``ModelCheckpoint`` folder: Lightning's
+    loop state mid-epoch, model, optimizers, schedulers, the data order's position
+    (``ResumableSampler``) and the callbacks' state (``StepSeed``). Then the process exits with
+    ``128 + signal`` (143 for SIGTERM, 130 for SIGINT): non-zero, so SLURM's ``--requeue`` and
+    Kubernetes restart policies treat the job as unfinished, and ``--ckpt_path last`` continues
+    from that step. Under DDP the ranks agree on stopping at the same step (one all-reduce of a
+    flag per step). A second Ctrl+C stops at once, without a checkpoint. Under SLURM,
+    Lightning's own auto-requeue (``SLURMEnvironment``, on its ``requeue_signal``) works as before.
+
+    A signal that arrives before the first training batch (setup, the sanity check) stops the run
+    with the same exit code; nothing has been trained since the last checkpoint, so none is written.
+    """
+
+    def __init__(self, signals: list[str] | None = None) -> None:
+        names = signals if signals is not None else ["SIGTERM", "SIGINT"]
+        for name in names:
+            if not isinstance(getattr(signal, str(name), None), signal.Signals):
+                raise ValueError(f"trainer.callbacks Preemption: signals entry {name!r} is not a signal name "
+                                 "(e.g. SIGTERM, SIGINT, SIGUSR1)")
+        self.signals = [getattr(signal, name) for name in names]
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+        self._start_step = 0
+
+    # -- handlers
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None and signum == signal.SIGINT:
+            self._restore()
+            raise KeyboardInterrupt  # a second Ctrl+C: stop now
+        self.received = signum
+        print(f"fusegen: received {signal.Signals(signum).name}: finishing this training step, then saving a "
+              "checkpoint" + (" (Ctrl+C again to stop at once, without one)" if signum == signal.SIGINT else ""),
+              file=sys.stderr, flush=True)
+
+    def _install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signals reach the main thread only (e.g. a sweep worker thread)
+        for signum in self.signals:
+            self._previous[signum] = signal.signal(signum, self._handle)
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            if signal.getsignal(signum) == self._handle and handler is not None:
+                signal.signal(signum, handler)
+        self._previous = {}
+
+    # -- hooks
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # After Lightning's own signal connector, whose SIGTERM handler would end the fit with exit
+        # code 0 and no checkpoint.
+        self.received = None
+        self._start_step = trainer.global_step
+        self._install()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        stop = self.received is not None
+        if trainer.world_size > 1:
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if stop:
+            self._save_and_exit(trainer, batch_idx)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._restore()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._restore()
+        if isinstance(exception, SIGTERMException) and not isinstance(exception, Preempted):
+            exception.code = 128 + signal.SIGTERM  # Lightning's own SIGTERM stop exits 0 otherwise
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._restore()
+
+    def _save_and_exit(self, trainer: pl.Trainer, batch_idx: int) -> None:
+        signum = self.received if self.received is not None else signal.SIGTERM
+        name = signal.Signals(signum).name
+        path = preemption_checkpoint_path(trainer)
+        trainer.save_checkpoint(path)
+        if trainer.is_global_zero:
+            print(f"fusegen: stopped by {name} after global step {trainer.global_step} (epoch "
+                  f"{trainer.current_epoch}, batch {batch_idx}); saved {path}. Continue with --ckpt_path last.",
+                  file=sys.stderr, flush=True)
+        self._restore()
+        raise Preempted(128 + signum)
+
+
+def preemption_checkpoint_path(trainer: pl.Trainer) -> Path:
+    """``last.ckpt`` in the ``ModelCheckpoint`` folder (``--ckpt_path last`` takes it), else in
+    ``<default_root_dir>/checkpoints``."""
+    callback = trainer.checkpoint_callback
+    dirpath = getattr(callback, "dirpath", None)
+    if callback is not None and dirpath:
+        return Path(callback.format_checkpoint_name({}, callback.CHECKPOINT_NAME_LAST))
+    return Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
