@@ -410,9 +410,11 @@ class Preemption(Callback):
     (``ResumableSampler``) and the callbacks' state (``StepSeed``). Then the process exits with
     ``128 + signal`` (143 for SIGTERM, 130 for SIGINT): non-zero, so SLURM's ``--requeue`` and
     Kubernetes restart policies treat the job as unfinished, and ``--ckpt_path last`` continues
-    from that step. Under DDP the ranks agree on stopping at the same step (one all-reduce of a
-    flag per step). A second Ctrl+C stops at once, without a checkpoint. Under SLURM,
-    Lightning's own auto-requeue (``SLURMEnvironment``, on its ``requeue_signal``) works as before.
+    from that step. The exit comes right after Lightning has logged that step (at the start of the
+    next batch, or at the epoch's end), so the step's metrics are in the logs too. Under DDP the
+    ranks agree on stopping at the same step (one all-reduce of a flag per step). A second Ctrl+C
+    stops at once, without a checkpoint. Under SLURM, Lightning's own auto-requeue
+    (``SLURMEnvironment``, on its ``requeue_signal``) works as before.
 
     A signal that arrives before the first training batch (setup, the sanity check) stops the run
     with the same exit code; nothing has been trained since the last checkpoint, so none is written.
@@ -427,7 +429,7 @@ class Preemption(Callback):
         self.signals = [getattr(signal, name) for name in names]
         self.received: int | None = None
         self._previous: dict[int, Any] = {}
-        self._start_step = 0
+        self._saved = False
 
     # -- handlers
     def _handle(self, signum: int, frame: Any) -> None:
@@ -455,8 +457,7 @@ class Preemption(Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # After Lightning's own signal connector, whose SIGTERM handler would end the fit with exit
         # code 0 and no checkpoint.
-        self.received = None
-        self._start_step = trainer.global_step
+        self.received, self._saved = None, False
         self._install()
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
@@ -464,8 +465,15 @@ class Preemption(Callback):
         stop = self.received is not None
         if trainer.world_size > 1:
             stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
-        if stop:
-            self._save_and_exit(trainer, batch_idx)
+        if stop and not self._saved:
+            self._save(trainer, batch_idx)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        self._exit_if_saved()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._exit_if_saved()  # before ModelCheckpoint's epoch-end save, which would mark the epoch done
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._restore()
@@ -478,17 +486,21 @@ class Preemption(Callback):
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._restore()
 
-    def _save_and_exit(self, trainer: pl.Trainer, batch_idx: int) -> None:
-        signum = self.received if self.received is not None else signal.SIGTERM
-        name = signal.Signals(signum).name
+    def _save(self, trainer: pl.Trainer, batch_idx: int) -> None:
+        if self.received is None:  # another rank received it
+            self.received = signal.SIGTERM
         path = preemption_checkpoint_path(trainer)
         trainer.save_checkpoint(path)
+        self._saved = True
         if trainer.is_global_zero:
-            print(f"fusegen: stopped by {name} after global step {trainer.global_step} (epoch "
-                  f"{trainer.current_epoch}, batch {batch_idx}); saved {path}. Continue with --ckpt_path last.",
+            print(f"fusegen: stopped by {signal.Signals(self.received).name} after global step {trainer.global_step} "
+                  f"(epoch {trainer.current_epoch}, batch {batch_idx}); saved {path}. Continue with --ckpt_path last.",
                   file=sys.stderr, flush=True)
-        self._restore()
-        raise Preempted(128 + signum)
+
+    def _exit_if_saved(self) -> None:
+        if self._saved:
+            self._restore()
+            raise Preempted(128 + int(self.received or signal.SIGTERM))
 
 
 def preemption_checkpoint_path(trainer: pl.Trainer) -> Path:

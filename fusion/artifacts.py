@@ -9,9 +9,10 @@ through the CLI, i.e. the loggers' ``save_dir``)::
     <run_dir>/tensorboard/version_N/   TensorBoard events (pictures are logged there too)
     <run_dir>/csv/version_N/           metrics.csv
 
-``save_figure`` writes the PNG atomically and adds it to every attached logger that takes
-images (TensorBoard's ``add_figure``/``add_image``, and any logger with ``log_image``, e.g.
-Weights & Biases), so no module or callback talks to a logger's internals itself.
+``save_figure`` writes the PNG atomically (on a full disk the error names it and the previous
+picture is kept) and adds it to every attached logger that takes images (TensorBoard's
+``add_figure``/``add_image``, and any logger with ``log_image``, e.g. Weights & Biases), so no
+module or callback talks to a logger's internals itself.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from datamodules.files import atomic_path
+from datamodules.files import NoSpaceError, atomic_path, disk_full_error
 
 PICTURES = "pictures"
 PREDICTIONS = "predictions"
@@ -65,15 +66,21 @@ def save_figure(trainer: pl.Trainer, name: str, figure: Any, step: int | None = 
     tag = name if tag is None else tag
     path = artifact_dir(trainer) / f"{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
-    if _is_matplotlib_figure(figure):
-        with atomic_path(path) as tmp:
-            figure.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-    else:
-        from torchvision.utils import save_image
+    try:
+        if _is_matplotlib_figure(figure):
+            with atomic_path(path) as tmp:
+                figure.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+        else:
+            from torchvision.utils import save_image
 
-        image = torch.as_tensor(figure).detach().float().cpu()
-        with atomic_path(path) as tmp:
-            save_image(image, tmp, format="png")
+            image = torch.as_tensor(figure).detach().float().cpu()
+            with atomic_path(path) as tmp:
+                save_image(image, tmp, format="png")
+    except NoSpaceError as err:
+        if _is_matplotlib_figure(figure):
+            _close(figure)
+        cause = err.__cause__ or err
+        raise disk_full_error(path, cause, what="picture") from cause
     for logger in trainer.loggers:
         if isinstance(logger, pl.loggers.TensorBoardLogger):
             if _is_matplotlib_figure(figure):
