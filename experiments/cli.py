@@ -143,7 +143,7 @@ class FusegenCLI(LightningCLI):
         except BaseException as err:
             if created is not None and self.trainer.global_step == 0 and self.trainer.is_global_zero:
                 created.remove_if_empty()
-            if self.trainer.world_size > 1 and not isinstance(err, KeyboardInterrupt):
+            if self.trainer.world_size > 1 and not isinstance(err, (KeyboardInterrupt, SystemExit)):
                 raise _rank_error(err, self.trainer.global_rank, self.run_dir, started) from err
             raise
 
