@@ -13,7 +13,6 @@ is refused before any of it runs.
 
 from __future__ import annotations
 
-import copy
 import logging
 import pickle
 from pathlib import Path
@@ -21,8 +20,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from datamodules.files import atomic_path, atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -91,42 +88,3 @@ def load_condition_encoder(path: str | Path | None, encoder: nn.Module, modality
                          "class and init_args as the config that trained it.") from None
     log.info("condition encoder loaded from %s", path)
     return encoder
-
-
-def train_condition_encoder(encoder: nn.Module, datamodule, modality: str, path: Path | None,
-                            max_steps: int = 1500, lr: float = 2e-3, weight_decay: float = 1e-2,
-                            dropout: float = 0.2, seed: int = 0, schedule: str = "cosine") -> float:
-    """Fit ``FusionClassifier({modality: encoder}, ConcatFusion)`` on ``datamodule`` and return its test
-    accuracy (held-out speaker for AV-MNIST); with ``path``, save the checkpoint there (a JSON of test
-    and val accuracy beside it). For comparing encoder recipes in a script; a GAN never calls it.
-
-    AdamW for ``max_steps`` batches; ``schedule="cosine"`` anneals the lr to 0 per step, ``"constant"``
-    keeps it. A step budget, not epochs: AV-MNIST pairs 55,000 images with ~2,250 recordings, so 600
-    batches already show every recording ~17 times; with SpecAugment each showing is a different
-    masked view, which is what generalises to an unseen speaker."""
-    import pytorch_lightning as pl
-
-    from fusion import ConcatFusion, FusionClassifier
-
-    if schedule not in ("cosine", "constant"):
-        raise ValueError(f"schedule={schedule!r}: choose 'cosine' or 'constant'")
-    pl.seed_everything(seed)
-    enc = copy.deepcopy(encoder).requires_grad_(True).train()
-    model = FusionClassifier(encoders={modality: enc}, fusion=lambda dims: ConcatFusion(dims, out_dim=128),
-                             num_classes=10, dropout=dropout, cosine_schedule=schedule == "cosine",
-                             optimizer=lambda p: torch.optim.AdamW(p, lr=lr, weight_decay=weight_decay))
-    root = path.parent if path is not None else Path.cwd()
-    trainer = pl.Trainer(max_steps=max_steps, max_epochs=-1, limit_val_batches=0, accelerator="cpu", devices=1,
-                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, default_root_dir=root)
-    trainer.fit(model, datamodule=datamodule)
-    acc = float(trainer.test(model, datamodule=datamodule, verbose=False)[0]["test/acc"])
-    trainer.limit_val_batches = 1.0  # validate() after a fit without validation
-    val_acc = float(trainer.validate(model, datamodule=datamodule, verbose=False)[0]["val/acc"])
-    if path is not None:
-        with atomic_path(path) as tmp:
-            trainer.save_checkpoint(tmp)
-        atomic_write_json(path.with_suffix(".json"), {
-            "test_acc": acc, "val_acc": val_acc, "max_steps": max_steps, "lr": lr, "weight_decay": weight_decay,
-            "dropout": dropout, "seed": seed, "schedule": schedule, "encoder": repr(encoder)})
-    return acc
