@@ -1,10 +1,11 @@
 """Condition vectors from fusion encoders: weights from a fusion checkpoint, pooled to unit norm.
 
 Speech-to-digit conditions the GAN on a spoken digit: the audio encoder of an audio-only
-``fusion.FusionClassifier`` embeds the recording and the generator draws the digit. That
-classifier is an experiment of its own (``experiments/gan/speech-encoder.yaml``); the GAN config
-names its checkpoint (``encoder_checkpoint``) and keeps the encoder frozen
-(``fusion.artifacts.FrozenModule``).
+``fusion.FusionClassifier`` embeds the recording and the generator draws the digit; image-to-speech
+is the mirror (an image encoder embeds a handwritten digit, the spectrogram GAN says it). Each
+encoder's classifier is an experiment of its own (``experiments/gan/speech-encoder.yaml``,
+``image-encoder.yaml``); the GAN config names its checkpoint (``encoder_checkpoint``) and keeps
+the encoder frozen (``fusion.artifacts.FrozenModule``).
 
 Checkpoints are files from elsewhere, so they are read as data: ``torch.load(weights_only=True)``
 accepts tensors and plain containers only, and a file that asks to unpickle anything else (code)
@@ -23,7 +24,17 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-ENCODER_COMMAND = "fusegen fit --config experiments/gan/speech-encoder.yaml"
+# The shipped experiments that train each modality's condition encoder (the error messages name them).
+ENCODER_CONFIGS = {"audio": "speech-encoder", "image": "image-encoder"}
+
+
+def encoder_command(modality: str) -> str:
+    """How to make a ``modality`` condition encoder's checkpoint, and where it lands."""
+    name = ENCODER_CONFIGS.get(modality)
+    if name is None:
+        return (f"train a fusion.FusionClassifier with an {modality!r} encoder (fusegen fit) and pass its "
+                "checkpoints/last.ckpt")
+    return f"`fusegen fit --config experiments/gan/{name}.yaml` writes runs/{name}/checkpoints/last.ckpt"
 
 
 def pooled_unit_norm(tokens: torch.Tensor) -> torch.Tensor:
@@ -56,9 +67,9 @@ def encoder_state_from_checkpoint(path: str | Path, modality: str) -> dict[str, 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"encoder_checkpoint {str(path)!r} does not exist. Train the condition encoder first: `{ENCODER_COMMAND}` "
-            "writes runs/speech-encoder/checkpoints/last.ckpt (or set encoder_checkpoint: null for a random, "
-            "frozen encoder in smoke tests)")
+            f"encoder_checkpoint {str(path)!r} does not exist. Train the condition encoder first: "
+            f"{encoder_command(modality)} (or set encoder_checkpoint: null for a random, frozen encoder in smoke "
+            "tests)")
     state = read_checkpoint(path)
     state = state.get("state_dict", state)
     prefix = f"encoders.{modality}."
@@ -77,7 +88,7 @@ def load_condition_encoder(path: str | Path | None, encoder: nn.Module, modality
     carry little information about the input, which is fine for smoke tests only."""
     if path is None:
         log.warning("encoder_checkpoint is null: the %s condition encoder keeps its random weights (smoke tests "
-                    "only; `%s` trains one)", modality, ENCODER_COMMAND)
+                    "only; %s)", modality, encoder_command(modality))
         return encoder
     state = encoder_state_from_checkpoint(path, modality)
     try:
