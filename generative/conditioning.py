@@ -1,10 +1,11 @@
 """Condition vectors from fusion encoders: weights from a fusion checkpoint, pooled to unit norm.
 
 Speech-to-digit conditions the GAN on a spoken digit: the audio encoder of an audio-only
-``fusion.FusionClassifier`` embeds the recording and the generator draws the digit. That
-classifier is an experiment of its own (``experiments/gan/speech-encoder.yaml``); the GAN config
-names its checkpoint (``encoder_checkpoint``) and keeps the encoder frozen
-(``fusion.artifacts.FrozenModule``).
+``fusion.FusionClassifier`` embeds the recording and the generator draws the digit; image-to-speech
+is the mirror (an image encoder embeds a handwritten digit, the spectrogram GAN says it). Each
+encoder's classifier is an experiment of its own (``experiments/gan/speech-encoder.yaml``,
+``image-encoder.yaml``); the GAN config names its checkpoint (``encoder_checkpoint``) and keeps
+the encoder frozen (``fusion.artifacts.FrozenModule``).
 
 Checkpoints are files from elsewhere, so they are read as data: ``torch.load(weights_only=True)``
 accepts tensors and plain containers only, and a file that asks to unpickle anything else (code)
@@ -13,7 +14,6 @@ is refused before any of it runs.
 
 from __future__ import annotations
 
-import copy
 import logging
 import pickle
 from pathlib import Path
@@ -22,11 +22,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from datamodules.files import atomic_path, atomic_write_json
-
 log = logging.getLogger(__name__)
 
-ENCODER_COMMAND = "fusegen fit --config experiments/gan/speech-encoder.yaml"
+# The shipped experiments that train each modality's condition encoder (the error messages name them).
+ENCODER_CONFIGS = {"audio": "speech-encoder", "image": "image-encoder"}
+
+
+def encoder_command(modality: str) -> str:
+    """How to make a ``modality`` condition encoder's checkpoint, and where it lands."""
+    name = ENCODER_CONFIGS.get(modality)
+    if name is None:
+        return (f"train a fusion.FusionClassifier with an {modality!r} encoder (fusegen fit) and pass its "
+                "checkpoints/last.ckpt")
+    return f"`fusegen fit --config experiments/gan/{name}.yaml` writes runs/{name}/checkpoints/last.ckpt"
 
 
 def pooled_unit_norm(tokens: torch.Tensor) -> torch.Tensor:
@@ -59,9 +67,9 @@ def encoder_state_from_checkpoint(path: str | Path, modality: str) -> dict[str, 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"encoder_checkpoint {str(path)!r} does not exist. Train the condition encoder first: `{ENCODER_COMMAND}` "
-            "writes runs/speech-encoder/checkpoints/last.ckpt (or set encoder_checkpoint: null for a random, "
-            "frozen encoder in smoke tests)")
+            f"encoder_checkpoint {str(path)!r} does not exist. Train the condition encoder first: "
+            f"{encoder_command(modality)} (or set encoder_checkpoint: null for a random, frozen encoder in smoke "
+            "tests)")
     state = read_checkpoint(path)
     state = state.get("state_dict", state)
     prefix = f"encoders.{modality}."
@@ -80,7 +88,7 @@ def load_condition_encoder(path: str | Path | None, encoder: nn.Module, modality
     carry little information about the input, which is fine for smoke tests only."""
     if path is None:
         log.warning("encoder_checkpoint is null: the %s condition encoder keeps its random weights (smoke tests "
-                    "only; `%s` trains one)", modality, ENCODER_COMMAND)
+                    "only; %s)", modality, encoder_command(modality))
         return encoder
     state = encoder_state_from_checkpoint(path, modality)
     try:
@@ -91,42 +99,3 @@ def load_condition_encoder(path: str | Path | None, encoder: nn.Module, modality
                          "class and init_args as the config that trained it.") from None
     log.info("condition encoder loaded from %s", path)
     return encoder
-
-
-def train_condition_encoder(encoder: nn.Module, datamodule, modality: str, path: Path | None,
-                            max_steps: int = 1500, lr: float = 2e-3, weight_decay: float = 1e-2,
-                            dropout: float = 0.2, seed: int = 0, schedule: str = "cosine") -> float:
-    """Fit ``FusionClassifier({modality: encoder}, ConcatFusion)`` on ``datamodule`` and return its test
-    accuracy (held-out speaker for AV-MNIST); with ``path``, save the checkpoint there (a JSON of test
-    and val accuracy beside it). For comparing encoder recipes in a script; a GAN never calls it.
-
-    AdamW for ``max_steps`` batches; ``schedule="cosine"`` anneals the lr to 0 per step, ``"constant"``
-    keeps it. A step budget, not epochs: AV-MNIST pairs 55,000 images with ~2,250 recordings, so 600
-    batches already show every recording ~17 times; with SpecAugment each showing is a different
-    masked view, which is what generalises to an unseen speaker."""
-    import pytorch_lightning as pl
-
-    from fusion import ConcatFusion, FusionClassifier
-
-    if schedule not in ("cosine", "constant"):
-        raise ValueError(f"schedule={schedule!r}: choose 'cosine' or 'constant'")
-    pl.seed_everything(seed)
-    enc = copy.deepcopy(encoder).requires_grad_(True).train()
-    model = FusionClassifier(encoders={modality: enc}, fusion=lambda dims: ConcatFusion(dims, out_dim=128),
-                             num_classes=10, dropout=dropout, cosine_schedule=schedule == "cosine",
-                             optimizer=lambda p: torch.optim.AdamW(p, lr=lr, weight_decay=weight_decay))
-    root = path.parent if path is not None else Path.cwd()
-    trainer = pl.Trainer(max_steps=max_steps, max_epochs=-1, limit_val_batches=0, accelerator="cpu", devices=1,
-                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, default_root_dir=root)
-    trainer.fit(model, datamodule=datamodule)
-    acc = float(trainer.test(model, datamodule=datamodule, verbose=False)[0]["test/acc"])
-    trainer.limit_val_batches = 1.0  # validate() after a fit without validation
-    val_acc = float(trainer.validate(model, datamodule=datamodule, verbose=False)[0]["val/acc"])
-    if path is not None:
-        with atomic_path(path) as tmp:
-            trainer.save_checkpoint(tmp)
-        atomic_write_json(path.with_suffix(".json"), {
-            "test_acc": acc, "val_acc": val_acc, "max_steps": max_steps, "lr": lr, "weight_decay": weight_decay,
-            "dropout": dropout, "seed": seed, "schedule": schedule, "encoder": repr(encoder)})
-    return acc

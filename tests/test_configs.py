@@ -21,9 +21,11 @@ QUICK = ["--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false
 SMALL = {"gan": ["--model.init_args.classifier_epochs", "1", "--model.init_args.classifier_train_limit", "2048",
                  "--model.init_args.generator.init_args.ngf", "8",
                  "--model.init_args.discriminator.init_args.ndf", "8"]}
-# per-config extras: speech-to-digit's condition encoder is another experiment's checkpoint
-# (speech-encoder.yaml); the wiring test runs it with a random frozen encoder instead.
-EXTRA = {"gan/speech-to-digit.yaml": ["--model.init_args.encoder_checkpoint", "null"]}
+# per-config extras: speech-to-digit's and image-to-speech's condition encoders are other experiments'
+# checkpoints (speech-encoder.yaml, image-encoder.yaml); the wiring test runs them with a random frozen encoder.
+EXTRA = {"gan/speech-to-digit.yaml": ["--model.init_args.encoder_checkpoint", "null"],
+         "gan/image-to-speech.yaml": ["--model.init_args.encoder_checkpoint", "null"]}
+ENCODER_CONFIGS = {"speech-encoder", "image-encoder"}  # fusion classifiers that make a GAN's condition encoder
 HEADS = ["concat", "attention", "gated", "tensor", "lowrank"]
 
 
@@ -51,7 +53,7 @@ def test_print_config_round_trips(config: Path, in_tmp: Path):
     first = print_config(config)
     assert first["experiment"] not in ("", "default")  # names the run folder runs/<experiment>/
     package = {"fusion": "fusion", "gan": "generative", "rl": "rl"}[config.parent.name]
-    if config.stem != "speech-encoder":  # the GAN's condition encoder is a fusion classifier
+    if config.stem not in ENCODER_CONFIGS:  # the GAN's condition encoder is a fusion classifier
         assert first["model"]["class_path"].startswith(f"{package}.")
     # the shared trainer.yaml is underneath every experiment
     assert {c["class_path"].rsplit(".", 1)[-1] for c in first["trainer"]["logger"]} == {"TensorBoardLogger",

@@ -94,3 +94,9 @@ def test_checkpoint_that_would_run_code_is_refused(tmp_path) -> None:
     # The payload is real: a plain unpickling load would have run it.
     torch.load(path, weights_only=False)
     assert marker.read_text() == "code ran"
+
+
+def test_missing_image_encoder_names_its_own_experiment(tmp_path) -> None:
+    """image-to-speech's condition encoder is made by image-encoder.yaml, not the speech one."""
+    with pytest.raises(FileNotFoundError, match=r"experiments/gan/image-encoder\.yaml.*runs/image-encoder/"):
+        load_condition_encoder(tmp_path / "nope.ckpt", TinyEncoder(), "image")
