@@ -278,6 +278,42 @@ def test_cache_is_reused_and_keyed_on_options_and_files(manifest: Path, monkeypa
     assert edited.cache_path != key
 
 
+def test_a_damaged_cache_file_is_rebuilt_with_one_warning_naming_it(manifest: Path):
+    import re
+    import warnings
+
+    from datamodules.cache import CacheRepairWarning, problem
+
+    first = make_dm(str(manifest), id_column="row_id")
+    folder, expected = first.cache_path, whole(first, "train")
+    train = folder / "train.safetensors"
+    umask = os.umask(0)
+    os.umask(umask)
+    files = [p for p in folder.iterdir() if p.is_file()]
+    assert {p.name for p in files} >= {"train.safetensors", "train.safetensors.manifest.json", "meta.json",
+                                       "meta.json.manifest.json", "train.ids.json", "train.ids.json.manifest.json"}
+    assert {oct(p.stat().st_mode & 0o777) for p in files} == {oct(0o666 & ~umask)}  # not private (0600)
+    assert oct(folder.stat().st_mode & 0o777) == oct(0o777 & ~umask)
+    for damage in ("truncate", "same-size"):
+        if damage == "truncate":  # a full disk, a killed copy
+            os.truncate(train, train.stat().st_size // 2)
+        else:  # bit rot: the size is right, the sha256 is not
+            data = bytearray(train.read_bytes())
+            data[-10:] = bytes(10)
+            train.write_bytes(bytes(data))
+        with pytest.warns(CacheRepairWarning) as record:
+            again = make_dm(str(manifest), id_column="row_id")
+        repairs = [str(w.message) for w in record if issubclass(w.category, CacheRepairWarning)]
+        assert len(repairs) == 1 and re.search(rf"cache file {re.escape(str(train))} is .*rebuilding it", repairs[0])
+        assert again.cache_path == folder and problem(train, full_hash=True) is None
+        for key in ("image", "audio", "label", "index"):
+            assert torch.equal(whole(again, "train")[key], expected[key]), key
+        assert whole(again, "train")["id"] == expected["id"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CacheRepairWarning)  # repaired: the next run reads it silently
+        make_dm(str(manifest), id_column="row_id")
+
+
 def test_failure_leaves_nothing_in_the_cache(manifest: Path):
     from datamodules.paths import cache_dir
 
@@ -345,6 +381,56 @@ def test_image_channels_must_match_the_model_encoder(tmp_path: Path):
     with pytest.raises(DataError, match=r"'image' \(column 'picture'\) gives \[B, 3, 28, 28\].*LeNetImageEncoder "
                                         r"expects \[B, 1, \*, \*\]"):
         dm.setup()
+
+
+def test_bad_files_are_named_with_the_users_column_and_the_file(tmp_path: Path):
+    rows = write_rows(tmp_path / "data")
+    (tmp_path / "data" / "wav" / "3.wav").write_bytes(b"RIFF not really")
+    with pytest.raises(DataError, match=r"row 3 of .*m\.csv.*column 'sound' \(audio\), file '.*wav/3\.wav': "
+                                        r"unreadable audio") as err:
+        make_dm(str(write_csv(tmp_path / "data" / "m.csv", rows)), cache=False)
+    assert "column for" not in str(err.value)
+    folder = tmp_path / "folder"  # imagefolder: the row names only the folder, the message the image too
+    for label, mode in (("a", "L"), ("b", "RGB")):
+        (folder / label).mkdir(parents=True)
+        for i in range(3):
+            Image.new(mode, (8, 8), 100).save(folder / label / f"{label}{i}.png")
+    with pytest.raises(DataError, match=r"row \d+ of .*folder', column 'image', file '.*folder/b/b\d\.png': "
+                                        r"image has 3 channel\(s\).*image_channels is 1"):
+        HFDataModule(path="imagefolder", data_dir=str(folder), columns={"image": "image"}, cache=False,
+                     val_fraction=0.2, test_fraction=0.2).setup()
+
+
+def test_string_ids_are_carried_into_predictions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Ids are whatever the file holds ('ex1' or 17): batches carry them and predictions.csv names them."""
+    import pytorch_lightning as pl
+
+    from fusion import ConcatFusion, FusionClassifier, LeNetImageEncoder
+
+    rows = write_rows(tmp_path / "data", blanks=False)
+    for r in rows:
+        r["row_id"] = f"ex{r['row_id']}"
+    path = str(write_csv(tmp_path / "data" / "m.csv", rows))
+    dm = make_dm({"train": path, "test": path}, id_column="row_id", columns={"image": "picture"}, val_fraction=0.2)
+    batch = next(iter(dm.test_dataloader()))
+    assert batch["id"][:3] == ["ex0", "ex1", "ex2"] and batch["index"].tolist()[:3] == [0, 1, 2]
+    int_path = str(write_csv(tmp_path / "data" / "i.csv", write_rows(tmp_path / "data", blanks=False)))
+    ints = make_dm({"train": int_path, "test": int_path}, id_column="row_id", columns={"image": "picture"},
+                   val_fraction=0.2)
+    int_batch = next(iter(ints.test_dataloader()))
+    assert int_batch["id"][:3] == [0, 1, 2] and int_batch["index"].tolist()[:3] == [0, 1, 2]
+    monkeypatch.chdir(tmp_path)
+    for data, expected in ((dm, [f"ex{i}" for i in range(len(rows))]), (ints, [str(i) for i in range(len(rows))])):
+        torch.manual_seed(0)
+        model = FusionClassifier(encoders={"image": LeNetImageEncoder(out_dim=8)}, fusion=ConcatFusion, num_classes=3)
+        trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                             default_root_dir=str(tmp_path / "runs"))
+        trainer.predict(model, datamodule=data)
+        written = next(c for c in trainer.callbacks if type(c).__name__ == "PredictionWriter").path
+        with open(written) as f:
+            got = list(csv.DictReader(f))
+        assert list(got[0])[0] == "row_id" and [r["row_id"] for r in got] == expected
+        assert [r["label_name"] for r in got] == [CLASSES[i % 3] for i in range(len(rows))]
 
 
 def test_missing_data_file(tmp_path: Path):
