@@ -522,6 +522,137 @@ def test_streaming_parquet_shards_are_split_across_two_ranks(tmp_path: Path):
     assert seen[0]["shapes"] == [[1, 28, 28]]
 
 
+def write_unequal_shards(folder: Path) -> list[dict]:
+    """Two Parquet shards of 100 and 37 rows (row_id 0..136), and a validation file."""
+    import datasets
+
+    rows = write_rows(folder, n_per_class=46, blanks=False)[:137]
+    datasets.Dataset.from_list(rows[:100]).to_parquet(str(folder / "shard-0.parquet"))
+    datasets.Dataset.from_list(rows[100:]).to_parquet(str(folder / "shard-1.parquet"))
+    datasets.Dataset.from_list(rows[:12]).to_parquet(str(folder / "val.parquet"))
+    return rows
+
+
+def test_streaming_unequal_shards_give_the_ranks_disjoint_halves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "SLEEP_TIME_ON_THREADS_SHUTDOWN", 0)
+    write_unequal_shards(tmp_path)
+    per_rank = []
+    for rank in range(2):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        dm = make_dm({"train": str(tmp_path / "shard-*.parquet")}, path="parquet", streaming=True,
+                     class_names=list(CLASSES), id_column="row_id", columns={"image": "picture"}, batch_size=4,
+                     num_workers=2)
+        loader = dm.train_dataloader()
+        per_rank.append([[i for b in loader for i in b["index"].tolist()] for _ in range(3)])
+    for epoch in range(3):
+        a, b = per_rank[0][epoch], per_rank[1][epoch]
+        assert len(a) == len(set(a)) and len(b) == len(set(b))
+        assert sorted((len(a), len(b))) == [68, 69]  # row by row, not 100 + 37 shard by shard
+        assert not set(a) & set(b) and set(a) | set(b) == set(range(137))
+    assert per_rank[0][0] != per_rank[0][1]  # a new shuffle order each epoch
+
+
+def test_even_stream_stops_every_rank_when_the_first_runs_out(monkeypatch: pytest.MonkeyPatch):
+    """EvenStream's agreement, with the other rank played by the all-reduce: it has 3 batches, this one 5."""
+    from datamodules.hf import EvenStream
+
+    other = iter([1, 1, 1, 0, 0, 0])
+    calls = []
+
+    def all_reduce(flag, op=None, group=None):
+        calls.append(int(flag.item()))
+        flag.fill_(min(int(flag.item()), next(other)))
+
+    monkeypatch.setattr(torch.distributed, "all_reduce", all_reduce)
+
+    class Stream:
+        class ds:
+            epochs: list[int] = []
+
+            @classmethod
+            def set_epoch(cls, epoch: int) -> None:
+                cls.epochs.append(epoch)
+
+    loader = [{"index": torch.tensor([i])} for i in range(5)]
+    got = list(EvenStream(loader, Stream, shuffle=True, epoch=lambda: 7, group=object()))
+    assert [b["index"].item() for b in got] == [0, 1, 2] and calls == [1, 1, 1, 1]
+    assert Stream.ds.epochs == [7]  # the trainer's epoch, set before the workers start
+    other = iter([1] * 5 + [0])
+    assert len(list(EvenStream(loader, Stream, shuffle=False, group=object()))) == 5  # equal: nothing dropped
+
+
+UNEQUAL_DDP_YAML = """
+experiment: stream-ddp
+trainer: {max_epochs: 2, enable_progress_bar: false, enable_model_summary: false, logger: false}
+model:
+  class_path: fusion.FusionClassifier
+  init_args:
+    num_classes: 3
+    encoders: {image: {class_path: fusion.LeNetImageEncoder, init_args: {out_dim: 8}}}
+    fusion: fusion.ConcatFusion
+data:
+  class_path: datamodules.HFDataModule
+  init_args:
+    path: parquet
+    data_files: {train: shard-*.parquet, validation: val.parquet}
+    streaming: true
+    columns: {image: picture}
+    label_column: animal
+    class_names: [cat, dog, eel]
+    id_column: row_id
+    batch_size: 4
+"""
+
+COUNT_BATCHES = '''
+import json
+import pytorch_lightning as pl
+
+
+class CountBatches(pl.Callback):
+    """Each rank writes the row ids of every training batch it ran, per epoch."""
+
+    def on_fit_start(self, trainer, pl_module):
+        self.seen = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.seen.setdefault(trainer.current_epoch, []).append(batch["index"].tolist())
+
+    def on_fit_end(self, trainer, pl_module):
+        with open(f"batches-rank{trainer.global_rank}.json", "w") as f:
+            json.dump(self.seen, f)
+'''
+
+
+@pytest.mark.slow  # two Lightning DDP processes on CPU: ~1-2 minutes on 2 busy cores
+@pytest.mark.timeout(600)
+def test_streaming_unequal_shards_train_under_two_process_ddp(tmp_path: Path):
+    """Shards of 100 and 37 rows, ``streaming: true``, the ddp-cpu preset: both ranks run the same
+    number of batches each epoch (a rank with one batch more would abort gloo / hang NCCL)."""
+    import subprocess
+    import sys
+
+    from experiments.cli import CONFIG_DIR
+
+    write_unequal_shards(tmp_path)
+    (tmp_path / "stream.yaml").write_text(UNEQUAL_DDP_YAML)
+    (tmp_path / "count_batches.py").write_text(COUNT_BATCHES)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(tmp_path), os.getcwd()]),
+           "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "experiments.cli", "fit", "--config", "stream.yaml",
+                           "--config", str(CONFIG_DIR / "presets" / "ddp-cpu.yaml"),
+                           "--trainer.callbacks+=count_batches.CountBatches"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=540)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    ranks = [json.loads((tmp_path / f"batches-rank{r}.json").read_text()) for r in range(2)]
+    for epoch in ("0", "1"):
+        a, b = ([i for batch in r[epoch] for i in batch] for r in ranks)
+        assert len(ranks[0][epoch]) == len(ranks[1][epoch]) == 17  # 69 and 68 rows in batches of 4: 17 each
+        assert not set(a) & set(b) and len(set(a) | set(b)) == 136  # one row of 137 waits for the next epoch
+
+
 def test_streaming_needs_class_names(tmp_path: Path):
     import datasets
 
