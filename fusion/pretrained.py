@@ -39,7 +39,11 @@ import inspect
 import json
 import os
 import re
+import socket
+import threading
 import typing
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -414,6 +418,72 @@ def instantiate(cls: type, config: dict[str, Any], where: str = "config") -> Any
 
 class WeightsUnavailableError(OSError):
     """Pretrained weights were asked for, are not cached, and could not be downloaded."""
+
+
+#: One connection attempt this long decides whether a download is tried at all (the libraries'
+#: own retry ladders take about a minute to give up on an unreachable host).
+PROBE_TIMEOUT_S = 3.0
+_PROBED: dict[tuple[str, int], bool] = {}
+
+
+def hub_offline() -> bool:
+    """``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) is set: fusegen's loaders then download
+    nothing, from the Hub or from torch.hub URLs, and use only what is cached."""
+    try:
+        from huggingface_hub import constants
+
+        if constants.HF_HUB_OFFLINE:
+            return True
+    except ImportError:
+        pass
+    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
+               for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def hub_endpoint() -> str:
+    """The Hugging Face Hub address in use (``HF_ENDPOINT`` or huggingface.co)."""
+    try:
+        from huggingface_hub import constants
+
+        return constants.ENDPOINT
+    except ImportError:
+        return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+
+
+def reachable(url: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """Whether ``url``'s host (or the proxy for its scheme) accepts a TCP connection within
+    ``timeout`` seconds, name lookup included; the answer is kept for the process."""
+    parts = urllib.parse.urlsplit(url)
+    proxy = urllib.request.getproxies().get(parts.scheme or "https")
+    if proxy and not urllib.request.proxy_bypass(parts.hostname or ""):
+        parts = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+    if (host, port) not in _PROBED:
+        answer: list[bool] = []
+
+        def probe() -> None:
+            try:
+                socket.create_connection((host, port), timeout=timeout).close()
+                answer.append(True)
+            except OSError:
+                answer.append(False)
+
+        thread = threading.Thread(target=probe, daemon=True)  # a hanging name lookup is abandoned
+        thread.start()
+        thread.join(timeout)
+        _PROBED[(host, port)] = bool(answer and answer[0])
+    return _PROBED[(host, port)]
+
+
+def download_blocked(url: str) -> ConnectionError | None:
+    """Why a download from ``url`` must not be tried now (``HF_HUB_OFFLINE``, or its host did
+    not answer one short probe), as the ``cause`` for ``weights_unavailable``; ``None`` to go on."""
+    if hub_offline():
+        return ConnectionError("HF_HUB_OFFLINE is set: nothing is downloaded")
+    if not reachable(url):
+        host = urllib.parse.urlsplit(url).netloc
+        return ConnectionError(f"{host} did not answer within {PROBE_TIMEOUT_S:g} s (offline?); no download tried")
+    return None
 
 
 def cache_locations() -> dict[str, str]:
