@@ -586,7 +586,7 @@ def test_even_stream_stops_every_rank_when_the_first_runs_out(monkeypatch: pytes
 
 UNEQUAL_DDP_YAML = """
 experiment: stream-ddp
-trainer: {max_epochs: 2, enable_progress_bar: false, enable_model_summary: false, logger: false}
+trainer: {max_epochs: 2, enable_progress_bar: false, enable_model_summary: false}
 model:
   class_path: fusion.FusionClassifier
   init_args:
