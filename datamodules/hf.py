@@ -18,15 +18,18 @@ What happens in ``setup``:
      ``sample_rate`` (or its 112x112 spectrogram), text token ids of ``max_length`` -- and an empty
      cell marks that modality absent for its row (``present``), it is not an error;
   3. the arrays are cached (safetensors, one folder per dataset + options, built in a temporary
-     folder and renamed), so every later epoch and run is an in-memory index, not file I/O.
+     folder and renamed), so every later epoch and run is an in-memory index, not file I/O. Each
+     file has a size + sha256 manifest (``datamodules.cache``): a damaged one is rebuilt, with
+     one warning naming it.
 
 Defaults fit the encoders' defaults: grey 28x28 images <-> ``fusion.LeNetImageEncoder``, 8 kHz
 1-s waveforms <-> ``fusion.AudioEncoder``, the MiniLM WordPiece tokenizer (vocabulary 30522) <->
 ``fusion.TransformerTextEncoder``'s default BERT (vocabulary 30522, 128 positions).
 
-``streaming: true`` reads rows lazily instead (data larger than a disk): sharded across DDP ranks
-with ``datasets.distributed.split_dataset_by_node`` and across loader workers by ``datasets``
-itself, shuffled through a buffer; nothing is cached.
+``streaming: true`` reads rows lazily instead (data larger than a disk): split across DDP ranks
+row by row with ``datasets.distributed.split_dataset_by_node`` and across loader workers by
+``datasets`` itself, shuffled through a buffer; nothing is cached. Every rank runs the same number
+of batches per epoch (``EvenStream``), whatever the shard sizes.
 """
 
 from __future__ import annotations
@@ -404,8 +407,9 @@ class HFDataModule(RealDataModule):
 
     Batches: ``{<modality>: ..., "label": LongTensor[B], "index": LongTensor[B], "present":
     {<modality>: BoolTensor[B]}}`` with one key per entry of ``columns``; ``index`` is the row's
-    number within its split (for predictions). After ``setup``: ``num_classes``, ``class_names``,
-    ``modalities`` (the batch keys) and ``kinds`` (modality -> image/audio/text).
+    number within its split (for predictions); with ``id_column`` also ``"id"``: the ids, a list.
+    After ``setup``: ``num_classes``, ``class_names``, ``modalities`` (the batch keys) and
+    ``kinds`` (modality -> image/audio/text).
 
     Args:
         path: a ``datasets`` builder (``csv``, ``json``, ``parquet``, ``imagefolder``,
@@ -439,9 +443,11 @@ class HFDataModule(RealDataModule):
             ``spectrogram`` ``[1, 112, T]`` in [0, 1].
         tokenizer / max_length: ``minilm`` (default, matches TransformerTextEncoder's default
             vocabulary), ``byte``, a local tokenizer folder or a Hub id; ids padded to ``max_length``.
-        streaming: read rows lazily (``datasets`` IterableDataset), sharded across DDP ranks and
-            workers, shuffled with a ``shuffle_buffer``-row buffer; needs ``class_names`` or a
-            ClassLabel feature, and the validation/test splits as files.
+        streaming: read rows lazily (``datasets`` IterableDataset), split across DDP ranks (row by
+            row: each rank reads every shard) and workers, shuffled with a ``shuffle_buffer``-row
+            buffer; needs ``class_names`` or a ClassLabel feature, and the validation/test splits
+            as files. Under DDP all ranks stop an epoch when the first runs out of rows, so up to
+            a few batches' rows per rank are skipped that epoch (in ``predict`` too).
         cache: keep decoded arrays under ``datamodules.paths.cache_dir("hf")``.
     """
 
@@ -755,7 +761,8 @@ class HFDataModule(RealDataModule):
                                         for v, w in zip(part[hp.label_column], where)], dtype=np.int64)
             arrays["index"] = np.asarray(chunk, dtype=np.int64)
             if hp.id_column:
-                arrays["id"] = np.array([_plain_id(v) for v in part[hp.id_column]] + [None], dtype=object)[:-1]
+                arrays["id"] = np.empty(len(chunk), dtype=object)  # any values, kept as the file holds them
+                arrays["id"][:] = [_plain_id(v) for v in part[hp.id_column]]
             for k, v in arrays.items():
                 out.setdefault(k, []).append(v)
         joined = {k: np.concatenate(v) for k, v in out.items()}
