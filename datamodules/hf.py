@@ -18,15 +18,18 @@ What happens in ``setup``:
      ``sample_rate`` (or its 112x112 spectrogram), text token ids of ``max_length`` -- and an empty
      cell marks that modality absent for its row (``present``), it is not an error;
   3. the arrays are cached (safetensors, one folder per dataset + options, built in a temporary
-     folder and renamed), so every later epoch and run is an in-memory index, not file I/O.
+     folder and renamed), so every later epoch and run is an in-memory index, not file I/O. Each
+     file has a size + sha256 manifest (``datamodules.cache``): a damaged one is rebuilt, with
+     one warning naming it.
 
 Defaults fit the encoders' defaults: grey 28x28 images <-> ``fusion.LeNetImageEncoder``, 8 kHz
 1-s waveforms <-> ``fusion.AudioEncoder``, the MiniLM WordPiece tokenizer (vocabulary 30522) <->
 ``fusion.TransformerTextEncoder``'s default BERT (vocabulary 30522, 128 positions).
 
-``streaming: true`` reads rows lazily instead (data larger than a disk): sharded across DDP ranks
-with ``datasets.distributed.split_dataset_by_node`` and across loader workers by ``datasets``
-itself, shuffled through a buffer; nothing is cached.
+``streaming: true`` reads rows lazily instead (data larger than a disk): split across DDP ranks
+row by row with ``datasets.distributed.split_dataset_by_node`` and across loader workers by
+``datasets`` itself, shuffled through a buffer; nothing is cached. Every rank runs the same number
+of batches per epoch (``EvenStream``), whatever the shard sizes.
 """
 
 from __future__ import annotations
@@ -46,8 +49,9 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from datamodules.base import BatchedDataset, RealDataModule, collate
+from datamodules.cache import problem, repair_warning, write_verified
 from datamodules.checks import DATA, check_choice, check_real, check_value
-from datamodules.files import atomic_folder, atomic_write_json
+from datamodules.files import atomic_folder
 from datamodules.paths import cache_dir
 
 KINDS = ("image", "audio", "text")
@@ -56,7 +60,7 @@ MANIFEST_BUILDERS = ("csv", "json", "parquet", "arrow")
 IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 AUDIO_EXT = {".wav", ".flac", ".ogg", ".aiff", ".aif", ".au", ".mp3"}
 SPLIT_NAMES = {"train": ("train",), "val": ("validation", "val", "valid", "dev"), "test": ("test",)}
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: every cache file has a size + sha256 manifest
 
 
 class DataError(ValueError):
@@ -81,6 +85,30 @@ def _cell_path(value: Any) -> str | None:
     if isinstance(value, dict) and isinstance(value.get("path"), str) and not value.get("bytes"):
         return value["path"]
     return None
+
+
+def _plain_id(value: Any) -> Any:
+    """An id cell as a JSON/CSV value: numpy scalars become Python ints/floats/strings."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _index_of_ids(ids: list[Any], fallback: np.ndarray) -> np.ndarray:
+    """Integer ids serve as ``index`` too; any other ids (``'ex1'``) leave the row numbers there."""
+    if ids and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in ids):
+        return np.asarray(ids, dtype=np.int64)
+    return fallback
+
+
+def _to_tensors(arrays: dict[str, Any]) -> dict[str, Any]:
+    """Decoded arrays as tensors; the ids (``id``: any values) stay a list."""
+    return {k: list(v) if k == "id" else torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
+
+
+def _with_file(where: str, value: Any) -> str:
+    """``where`` plus the cell's file, for messages about a file (a folder dataset's row names only
+    its folder)."""
+    path = value.get("path") if isinstance(value, dict) else value if isinstance(value, str) else None
+    return f"{where}, file {path!r}" if isinstance(path, str) and path and path not in where else where
 
 
 def _import(class_path: str) -> Any:
@@ -127,6 +155,7 @@ class Preparer:
         from PIL import Image, UnidentifiedImageError
         from torchvision.transforms.v2 import functional as TF
 
+        where = _with_file(where, value)
         try:
             if isinstance(value, Image.Image):
                 img = value
@@ -165,6 +194,7 @@ class Preparer:
 
         from datamodules.sources import fit_length
 
+        where = _with_file(where, value)
         try:
             if isinstance(value, dict) and value.get("array") is not None:
                 wave = np.asarray(value["array"], dtype=np.float32)
@@ -201,8 +231,10 @@ class Preparer:
         return w.numpy()
 
     # -- a batch of rows -----------------------------------------------------------------------
-    def rows(self, cells: dict[str, list], where: list[str]) -> dict[str, np.ndarray]:
-        """``cells[modality]`` = raw values of len(where) rows -> arrays + ``present_<m>`` masks."""
+    def rows(self, cells: dict[str, list], where: list[str], columns: dict[str, str] | None = None
+             ) -> dict[str, np.ndarray]:
+        """``cells[modality]`` = raw values of len(where) rows -> arrays + ``present_<m>`` masks;
+        ``columns`` (modality -> the user's column name) names the column in errors."""
         n = len(where)
         out: dict[str, np.ndarray] = {}
         for m, values in cells.items():
@@ -220,7 +252,8 @@ class Preparer:
             arr = np.zeros((n, *self.shape(m)), dtype=dtype)
             decode = self.image if kind == "image" else self.audio
             for i in np.flatnonzero(present):
-                arr[i] = decode(values[i], f"{where[i]}, column for {m!r}")
+                column = (columns or {}).get(m, m)
+                arr[i] = decode(values[i], f"{where[i]}, column {column!r}" + (f" ({m})" if column != m else ""))
             out[m] = arr
         return out
 
@@ -232,6 +265,8 @@ class Preparer:
 def _batch_from_arrays(data: dict[str, torch.Tensor], index: torch.Tensor, kinds: dict[str, str],
                        augment: Any = None) -> dict:
     batch: dict[str, Any] = {"label": data["label"][index], "index": data["index"][index], "present": {}}
+    if "id" in data:  # the id column's values as the file holds them (strings or numbers)
+        batch["id"] = [data["id"][i] for i in index.tolist()]
     for m, kind in kinds.items():
         if kind == "text":
             batch[m] = {"input_ids": data[f"{m}.input_ids"][index],
@@ -286,16 +321,17 @@ class StreamingSet(IterableDataset):
     """Rows of a ``datasets.IterableDataset`` decoded on the fly and yielded as whole batches.
 
     Iterating the wrapped dataset inside a loader worker makes ``datasets`` give each worker its
-    own shards; the DDP split was already done with ``split_dataset_by_node``."""
+    own shards; the DDP split was already done with ``split_dataset_by_node``. The epoch (the
+    shuffle order) is set by ``EvenStream`` in the main process: ``datasets`` keeps it in shared
+    memory for persistent workers, and workers setting it themselves race (its update is a
+    read-modify-write), which gave two workers, or two ranks, different shard orders."""
 
     def __init__(self, ds: Any, preparer: Preparer, columns: dict[str, str], labeler: Labeler,
                  id_column: str | None, batch_size: int, folder: Path, augment: Any = None) -> None:
         self.ds, self.preparer, self.columns, self.labeler, self.folder = ds, preparer, columns, labeler, folder
-        self.id_column, self.batch_size, self.augment, self.epoch = id_column, batch_size, augment, 0
+        self.id_column, self.batch_size, self.augment = id_column, batch_size, augment
 
     def __iter__(self) -> Iterator[dict]:
-        self.ds.set_epoch(self.epoch)  # a new shuffle order each epoch
-        self.epoch += 1
         rows: list[dict] = []
         for row in self.ds:
             rows.append(row)
@@ -306,16 +342,60 @@ class StreamingSet(IterableDataset):
             yield self._prepare(rows)
 
     def _prepare(self, rows: list[dict]) -> dict:
-        ids = [int(r[self.id_column]) if self.id_column else -1 for r in rows]
-        where = [f"HFDataModule: streamed row{f' {i}' if self.id_column else ''}" for i in ids]
+        ids = [_plain_id(r[self.id_column]) for r in rows] if self.id_column else []
+        where = [f"HFDataModule: streamed row {i!r}" for i in ids] or ["HFDataModule: streamed row"] * len(rows)
         kinds = self.preparer.kinds
         cells = {m: [r[c] if kinds[m] == "text" else HFDataModule._resolve(r[c], self.folder) for r in rows]
                  for m, c in self.columns.items()}
-        arrays = self.preparer.rows(cells, where)
+        arrays = self.preparer.rows(cells, where, self.columns)
         arrays["label"] = np.array([self.labeler(r[self.labeler.column], w) for r, w in zip(rows, where)])
-        arrays["index"] = np.array(ids, dtype=np.int64)
-        data = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
+        arrays["index"] = _index_of_ids(ids, np.full(len(rows), -1, dtype=np.int64))
+        data = _to_tensors(arrays)
+        if self.id_column:
+            data["id"] = ids
         return _batch_from_arrays(data, torch.arange(len(rows)), self.preparer.kinds, self.augment)
+
+
+class EvenStream:
+    """The loader of a streamed split as Lightning iterates it: every DDP rank runs the same number
+    of batches per epoch.
+
+    Ranks hold different numbers of rows when shards differ in size (or rows do not divide by
+    the world size); a rank that ran one batch more than another would wait forever in DDP's
+    gradient all-reduce (gloo aborts with "Received data size doesn't match expected size", NCCL
+    hangs). Before each batch the ranks agree, with one all-reduce (MIN) of "I still have a
+    batch" over a gloo group, and all stop when the first runs out; the rows left on the others
+    are skipped this epoch (the data is split row by row, so that is at most a few batches).
+    For ``shuffle`` the epoch is set here, in the main process, before the workers start.
+
+    Args:
+        loader: the ``DataLoader`` over a ``StreamingSet``.
+        stream: that ``StreamingSet``.
+        shuffle: set the epoch (a new shuffle order) before each pass.
+        epoch: a callable giving the epoch to set (the trainer's), else passes are counted.
+        group: the process group to agree over; ``None`` outside DDP.
+    """
+
+    def __init__(self, loader: DataLoader, stream: StreamingSet, shuffle: bool, epoch: Any = None,
+                 group: Any = None) -> None:
+        self.loader, self.stream, self.shuffle, self.epoch, self.group = loader, stream, shuffle, epoch, group
+        self.passes = 0
+
+    def __iter__(self) -> Iterator[dict]:
+        if self.shuffle:
+            self.stream.ds.set_epoch(int(self.epoch()) if self.epoch is not None else self.passes)
+        self.passes += 1
+        batches = iter(self.loader)
+        while True:
+            batch = next(batches, None)
+            if self.group is not None:
+                have = torch.tensor([0 if batch is None else 1], dtype=torch.int32)
+                torch.distributed.all_reduce(have, op=torch.distributed.ReduceOp.MIN, group=self.group)
+                if not have.item():
+                    return
+            if batch is None:
+                return
+            yield batch
 
 
 # ----------------------------------------------------------------------------------------------
@@ -327,8 +407,9 @@ class HFDataModule(RealDataModule):
 
     Batches: ``{<modality>: ..., "label": LongTensor[B], "index": LongTensor[B], "present":
     {<modality>: BoolTensor[B]}}`` with one key per entry of ``columns``; ``index`` is the row's
-    number within its split (for predictions). After ``setup``: ``num_classes``, ``class_names``,
-    ``modalities`` (the batch keys) and ``kinds`` (modality -> image/audio/text).
+    number within its split (for predictions); with ``id_column`` also ``"id"``: the ids, a list.
+    After ``setup``: ``num_classes``, ``class_names``, ``modalities`` (the batch keys) and
+    ``kinds`` (modality -> image/audio/text).
 
     Args:
         path: a ``datasets`` builder (``csv``, ``json``, ``parquet``, ``imagefolder``,
@@ -347,7 +428,9 @@ class HFDataModule(RealDataModule):
         class_names: the classes in order (default: the ``ClassLabel`` feature's names; else, for
             integer labels, ``"0"`` .. ``"max"`` so a label's value is its index; else the sorted
             label values of all splits). A label not among them is an error.
-        id_column: an integer column used as ``index`` instead of the row number.
+        id_column: a column of ids (any values: ``17``, ``'ex1'``), served as the batch's ``id``
+            list and written as the first column of ``predictions.csv``; integer ids also replace
+            the row number as ``index``.
         val_fraction / test_fraction / seed: seeded split of ``train`` where the dataset has no
             validation/test split.
         image_size / image_channels: images are resized to ``image_size`` (int or [H, W]) with
@@ -360,9 +443,11 @@ class HFDataModule(RealDataModule):
             ``spectrogram`` ``[1, 112, T]`` in [0, 1].
         tokenizer / max_length: ``minilm`` (default, matches TransformerTextEncoder's default
             vocabulary), ``byte``, a local tokenizer folder or a Hub id; ids padded to ``max_length``.
-        streaming: read rows lazily (``datasets`` IterableDataset), sharded across DDP ranks and
-            workers, shuffled with a ``shuffle_buffer``-row buffer; needs ``class_names`` or a
-            ClassLabel feature, and the validation/test splits as files.
+        streaming: read rows lazily (``datasets`` IterableDataset), split across DDP ranks (row by
+            row: each rank reads every shard) and workers, shuffled with a ``shuffle_buffer``-row
+            buffer; needs ``class_names`` or a ClassLabel feature, and the validation/test splits
+            as files. Under DDP all ranks stop an epoch when the first runs out of rows, so up to
+            a few batches' rows per rank are skipped that epoch (in ``predict`` too).
         cache: keep decoded arrays under ``datamodules.paths.cache_dir("hf")``.
     """
 
@@ -403,6 +488,11 @@ class HFDataModule(RealDataModule):
     @property
     def num_classes(self) -> int:
         return len(self._class_names)
+
+    @property
+    def id_name(self) -> str | None:
+        """The id column, the header of the ids in ``predictions.csv``."""
+        return self.hparams.id_column
 
     # -- loading -------------------------------------------------------------------------------
     def _is_saved_folder(self) -> bool:
@@ -666,14 +756,19 @@ class HFDataModule(RealDataModule):
                             raise DataError(f"HFDataModule: {where[i]}: {m} file not found: {p!r} (column {c!r}; "
                                             "paths in a manifest are relative to the manifest's folder)")
                 cells[m] = values
-            arrays = prep.rows(cells, where)
+            arrays = prep.rows(cells, where, self.columns)
             arrays["label"] = np.array([label(v, f"HFDataModule: {w}")
                                         for v, w in zip(part[hp.label_column], where)], dtype=np.int64)
-            arrays["index"] = (np.asarray(part[hp.id_column], dtype=np.int64) if hp.id_column
-                               else np.asarray(chunk, dtype=np.int64))
+            arrays["index"] = np.asarray(chunk, dtype=np.int64)
+            if hp.id_column:
+                arrays["id"] = np.empty(len(chunk), dtype=object)  # any values, kept as the file holds them
+                arrays["id"][:] = [_plain_id(v) for v in part[hp.id_column]]
             for k, v in arrays.items():
                 out.setdefault(k, []).append(v)
-        return {k: np.concatenate(v) for k, v in out.items()}
+        joined = {k: np.concatenate(v) for k, v in out.items()}
+        if "id" in joined:
+            joined["index"] = _index_of_ids(joined["id"].tolist(), joined["index"])
+        return joined
 
     @staticmethod
     def _where(origins: list[tuple[int, Path, Path]], row: int) -> str:
@@ -734,7 +829,7 @@ class HFDataModule(RealDataModule):
         arrays = {s: self._decode_split(chosen[src][1], origins[chosen[src][0]], rows)
                   for s, (src, rows) in plan.items()}
         meta = {"class_names": self.class_names, "columns": self.columns, "kinds": self.kinds,
-                "sizes": {s: int(len(a["label"])) for s, a in arrays.items()}}
+                "sizes": {s: int(len(a["label"])) for s, a in arrays.items()}, "id_column": hp.id_column}
         return arrays, meta
 
     def _media_paths(self) -> tuple[dict | None, list[str]]:
@@ -762,26 +857,63 @@ class HFDataModule(RealDataModule):
 
     def _cached_arrays(self) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
         from safetensors.numpy import save_file
-        from safetensors.torch import load_file
 
         if not self.hparams.cache:
             arrays, meta = self._build()
-            return {s: {k: torch.from_numpy(v) for k, v in a.items()} for s, a in arrays.items()}, meta
+            return {s: _to_tensors(a) for s, a in arrays.items()}, meta
         files, media = self._media_paths()
-        root = cache_dir("hf")
-        final = root / self._cache_key(files, media)
-        if not (final / "meta.json").is_file():
-            arrays, meta = self._build()
-            # Built in a temporary folder beside the final one and renamed: a failure or a kill
-            # mid-way leaves no half-written cache that a later run would trust.
-            # replace=False: another process (a DDP rank) that finished the same cache first wins.
-            with atomic_folder(final, replace=False) as tmp:
-                for s, a in arrays.items():
-                    save_file({k: np.ascontiguousarray(v) for k, v in a.items()}, str(tmp / f"{s}.safetensors"))
-                atomic_write_json(tmp / "meta.json", meta)
-        meta = json.loads((final / "meta.json").read_text())
+        final = cache_dir("hf") / self._cache_key(files, media)
         self.cache_path = final
-        return {s: load_file(str(final / f"{s}.safetensors")) for s in meta["sizes"]}, meta
+        cached = self._read_cache(final)
+        if cached is not None:
+            return cached
+        arrays, meta = self._build()
+        # Built in a temporary folder beside the final one and renamed: a failure or a kill mid-way
+        # leaves no half-written cache. Each file is written with its size + sha256 manifest
+        # (datamodules.cache), so a file damaged later is caught on the next read and rebuilt.
+        # A damaged folder gives way; otherwise another process (a DDP rank) that finished first wins.
+        with atomic_folder(final, replace=final.exists()) as tmp:
+            for s, a in arrays.items():
+                tensors = {k: np.ascontiguousarray(v) for k, v in a.items() if k != "id"}
+                write_verified(tmp / f"{s}.safetensors", lambda t, x=tensors: save_file(x, str(t)))
+                if "id" in a:  # any values (strings too): JSON, not safetensors
+                    write_verified(tmp / f"{s}.ids.json", lambda t, ids=a["id"]: t.write_text(json.dumps(ids.tolist())))
+            write_verified(tmp / "meta.json", lambda t: t.write_text(json.dumps(meta, indent=2)))
+        return {s: _to_tensors(a) for s, a in arrays.items()}, meta
+
+    @staticmethod
+    def _read_cache(folder: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict] | None:
+        """The cached arrays and metadata when every file matches its manifest, else ``None``
+        (after one warning naming the damaged file; the caller rebuilds the folder)."""
+        from safetensors.torch import load_file
+
+        if not folder.exists():
+            return None
+        path = folder / "meta.json"
+        try:
+            reason = problem(path)
+            if reason is None:
+                meta = json.loads(path.read_text())
+                splits = list(meta["sizes"])
+                files = [folder / f"{s}.safetensors" for s in splits]
+                files += [folder / f"{s}.ids.json" for s in splits] if meta.get("id_column") else []
+                for path in files:
+                    reason = problem(path)
+                    if reason is not None:
+                        break
+                else:
+                    arrays = {}
+                    for s in splits:
+                        path = folder / f"{s}.safetensors"
+                        arrays[s] = load_file(str(path))
+                        if meta.get("id_column"):
+                            path = folder / f"{s}.ids.json"
+                            arrays[s]["id"] = json.loads(path.read_text())
+                    return arrays, meta
+        except Exception as err:  # a file that matches its manifest but does not parse
+            reason = f"unreadable ({type(err).__name__}: {str(err)[:200]})"
+        repair_warning(path, reason)
+        return None
 
     def _augment(self) -> Any:
         spec = self.hparams.augment
@@ -855,7 +987,9 @@ class HFDataModule(RealDataModule):
         rank, world = self._rank_world()
         augment, prep, labeler = self._augment(), self._preparer(), Labeler(self.class_names, hp.label_column)
         for s, (name, ds) in chosen.items():
-            ds = split_dataset_by_node(ds, rank=rank, world_size=world)
+            # Row by row ("examples"), not whole shards per rank: shards of 100 and 37 rows would
+            # give one rank almost three times the other's rows. Each rank reads every shard.
+            ds = split_dataset_by_node(ds, rank=rank, world_size=world, strategy="examples") if world > 1 else ds
             if s == "train":
                 ds = ds.shuffle(seed=hp.seed, buffer_size=hp.shuffle_buffer)
             self.streams[s] = StreamingSet(ds, prep, self.columns, labeler, hp.id_column, hp.batch_size,
@@ -877,5 +1011,19 @@ class HFDataModule(RealDataModule):
         if split not in self.streams:
             return []  # no such split in the streamed dataset: Lightning skips the loop
         workers = self.hparams.num_workers
-        return DataLoader(self.streams[split], batch_size=None, num_workers=workers, collate_fn=collate,
-                          persistent_workers=workers > 0)
+        loader = DataLoader(self.streams[split], batch_size=None, num_workers=workers, collate_fn=collate,
+                            persistent_workers=workers > 0)
+        trainer = getattr(self, "trainer", None)
+        epoch = (lambda: trainer.current_epoch) if trainer is not None else None
+        return EvenStream(loader, self.streams[split], shuffle=shuffle, epoch=epoch, group=self._sync_group())
+
+    def _sync_group(self) -> Any:
+        """A gloo group over all ranks for ``EvenStream`` (the default one when it is gloo; NCCL
+        would need a CUDA tensor per batch); ``None`` outside DDP. Every rank builds its loaders
+        in the same order, so the group is created collectively, once."""
+        dist = torch.distributed
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+            return None
+        if getattr(self, "_group", None) is None:
+            self._group = dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+        return self._group

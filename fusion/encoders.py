@@ -12,7 +12,10 @@ Every encoder
 Published weights: ``ImageEncoder(pretrained=True | pretrained_file=...)`` (timm),
 ``TransformerTextEncoder(pretrained=<Hub id | folder | "minilm">)`` (transformers),
 ``PretrainedAudioEncoder(model=<torchaudio bundle | Hub id | folder>)``. Offline with nothing
-cached they raise ``WeightsUnavailableError`` naming the model, the caches searched and the fixes.
+cached they raise ``WeightsUnavailableError`` naming the model, the caches searched and the fixes:
+a cached copy is used without any network call, and with nothing cached a download is tried only
+when ``HF_HUB_OFFLINE`` is unset and the host answers one short probe (``fusion.pretrained.
+download_blocked``), so an offline machine gets the error in seconds, not after a minute of retries.
 
 They are deliberately not LightningModules: ``encoder = model.encoders["image"]`` lifts one out
 of a trained fusion model and drops it into any other task (see fusion/README.md).
@@ -29,7 +32,7 @@ import torch
 import torchaudio
 from torch import nn
 
-from fusion.pretrained import Configurable, weights_unavailable
+from fusion.pretrained import Configurable, download_blocked, hub_endpoint, weights_unavailable
 
 Shape = tuple[int | None, ...]
 
@@ -161,6 +164,41 @@ def _create_timm_model(model_name: str, **kwargs: Any) -> nn.Module:
     return timm.create_model(model_name, **kwargs)
 
 
+TIMM_LOCAL_HINT = ("ImageEncoder(pretrained_file='resnet18.pth') with the weights saved on a machine that "
+                   "has them")
+
+
+def _timm_cached_weights(model_name: str) -> dict[str, Any]:
+    """timm kwargs that load ``model_name``'s default weights from a cache, with no network call
+    (``{}`` when the download may go ahead); ``WeightsUnavailableError`` at once when nothing is
+    cached and no download can happen."""
+    import timm
+    from huggingface_hub import try_to_load_from_cache
+
+    if not timm.is_model(model_name):
+        return {}  # _create_timm_model names the model and close matches
+    cfg = timm.models.get_pretrained_cfg(model_name)
+    cfg = cfg.to_dict() if cfg is not None else {}
+    hub_id, url = cfg.get("hf_hub_id"), cfg.get("url")
+    if hub_id:
+        repo, _, revision = hub_id.partition("@")
+        for name in dict.fromkeys(filter(None, (cfg.get("hf_hub_filename"), "model.safetensors",
+                                                "open_clip_model.safetensors", "pytorch_model.bin"))):
+            found = try_to_load_from_cache(repo, name, revision=revision or None)
+            if isinstance(found, str):
+                return {"pretrained_cfg_overlay": {"file": found}}
+    if url:
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url.split("?")[0]).name
+        if cached.is_file():
+            return {"pretrained_cfg_overlay": {"file": str(cached)}}
+    if not (hub_id or url):
+        return {}
+    blocked = download_blocked(hub_endpoint() if hub_id else url)
+    if blocked is not None:
+        raise weights_unavailable("ImageEncoder (timm)", model_name, blocked, TIMM_LOCAL_HINT)
+    return {}
+
+
 class ImageEncoder(Encoder):
     """Any ``timm`` model by name, as a token encoder (``timm.create_model(name, num_classes=0)``).
 
@@ -196,6 +234,8 @@ class ImageEncoder(Encoder):
             if not Path(pretrained_file).expanduser().is_file():
                 raise FileNotFoundError(f"ImageEncoder: pretrained_file {pretrained_file!r} not found")
             kwargs["pretrained_cfg_overlay"] = {"file": str(Path(pretrained_file).expanduser())}
+        elif pretrained:
+            kwargs.update(_timm_cached_weights(model_name))
         pretrained = bool(pretrained or pretrained_file)
         try:
             self.backbone = _create_timm_model(model_name, pretrained=pretrained, in_chans=in_chans, num_classes=0,
@@ -211,9 +251,7 @@ class ImageEncoder(Encoder):
         except OSError as err:  # no network and nothing cached (HF Hub or torch.hub URL weights)
             if not pretrained or pretrained_file:
                 raise
-            raise weights_unavailable("ImageEncoder (timm)", model_name, err,
-                                      "ImageEncoder(pretrained_file='resnet18.pth') with the weights saved on a "
-                                      "machine that has them") from err
+            raise weights_unavailable("ImageEncoder (timm)", model_name, err, TIMM_LOCAL_HINT) from err
         self.proj, self.out_dim = _projection(self.backbone.num_features, out_dim)
         self.input_shapes = ((in_chans, None, None),)
         if freeze:
@@ -471,15 +509,24 @@ def _resolve_hf_source(name: str, what: str, example: str) -> tuple[str, bool]:
 
 def _hf_from_pretrained(loader: Any, name: str, what: str, example: str, arg: str = "pretrained",
                         **kwargs: Any) -> tuple[Any, str]:
-    """``loader.from_pretrained`` on a resolved source; the offline error if it is not available."""
+    """``loader.from_pretrained`` on a resolved source: a local folder, else the HF cache with no
+    network call, else a download when one can happen; the offline error otherwise."""
     source, local = _resolve_hf_source(name, what, example)
+    if local:
+        return loader.from_pretrained(source, **kwargs), source
+    hint = (f"a folder written by the model's `save_pretrained` ({what}({arg}='path/to/folder'), tokenizer files "
+            "alongside)")
+    try:
+        return loader.from_pretrained(source, local_files_only=True, **kwargs), source
+    except OSError as err:  # transformers reports "not in the cache" as OSError
+        missing = err
+    blocked = download_blocked(hub_endpoint())
+    if blocked is not None:
+        raise weights_unavailable(what, name, blocked, hint) from missing
     try:
         return loader.from_pretrained(source, **kwargs), source
-    except OSError as err:  # transformers reports "not cached and cannot connect" as OSError
-        if local:
-            raise
-        raise weights_unavailable(what, name, err, f"a folder written by the model's `save_pretrained` "
-                                  f"({what}({arg}='path/to/folder'), tokenizer files alongside)") from err
+    except OSError as err:  # no such model, or the connection dropped
+        raise weights_unavailable(what, name, err, hint) from err
 
 
 def _hf_config_dict(config: Any) -> dict[str, Any]:
@@ -545,13 +592,18 @@ class PretrainedAudioEncoder(Encoder):
             arch = config or {"model_type": bundle._model_type, "params": bundle._params,
                               "normalize": bundle._normalize_waveform}
             if config is None:
+                url = f"https://download.pytorch.org/torchaudio/models/{bundle._path}"
+                cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(bundle._path).name
+                blocked = None if cached.is_file() else download_blocked(url)
                 try:
+                    if blocked is not None:
+                        raise blocked
                     loaded = bundle.get_model()
                 except OSError as err:  # torch.hub could not download (no network) and nothing cached
                     file = Path(bundle._path).name
                     raise weights_unavailable(
                         "PretrainedAudioEncoder (torchaudio)", model, err,
-                        f"copy {file} (https://download.pytorch.org/torchaudio/models/{bundle._path}) into "
+                        f"copy {file} ({url}) into "
                         f"{Path(torch.hub.get_dir()) / 'checkpoints'}, or use a Hugging Face copy of the model "
                         "in a local folder (PretrainedAudioEncoder(model='path/to/folder'))") from err
                 # bundles that normalise the waveform wrap the model; the normalisation is done here
@@ -612,7 +664,9 @@ def _feature_extractor_settings(source: str) -> dict[str, Any]:
     try:
         from transformers import AutoFeatureExtractor
 
-        extractor = AutoFeatureExtractor.from_pretrained(source)
+        # the model came from this source already: its cache, or the download just made
+        extractor = AutoFeatureExtractor.from_pretrained(source, local_files_only=download_blocked(hub_endpoint())
+                                                         is not None)
     except (OSError, ValueError, KeyError):  # no preprocessor_config.json: use the defaults
         return {}
     return {k: getattr(extractor, k) for k in ("sampling_rate", "do_normalize") if hasattr(extractor, k)}

@@ -8,7 +8,9 @@ every ``trainer.predict`` (and ``fusegen predict --config X.yaml --ckpt_path ...
     0,7,seven,7,seven,0.0012,0.0003,...
 
 * ``index``: the batch's ``id`` (or ``index``) when the datamodule provides one, else the sample's
-  position in the predict dataset (which Lightning tracks through its batch sampler);
+  position in the predict dataset (which Lightning tracks through its batch sampler). Ids are
+  written as the data holds them (``17`` or ``'ex1'``), under the datamodule's ``id_name`` (the
+  user's id column, e.g. ``HFDataModule(id_column=...)``) when it has one;
 * ``predicted`` / ``predicted_name``: the arg-max class and its name (``class_names`` of the
   datamodule when it has them, else the index); ``label`` / ``label_name`` when the data has labels;
 * ``p_<name>``: the softmax probability of each class (a row sums to 1).
@@ -49,11 +51,13 @@ def _values(x: Any) -> list[Any]:
 
 
 def prediction_rows(predictions: Sequence[dict], batch_indices: Sequence[Sequence[int]] | None,
-                    class_names: Sequence[str] | None) -> tuple[list[str], list[list[Any]]]:
+                    class_names: Sequence[str] | None, id_name: str | None = None
+                    ) -> tuple[list[str], list[list[Any]]]:
     """The CSV header and rows for ``predict_step`` outputs ``{"probs": [B, C], "id"?, "label"?}``.
 
     ``batch_indices[i]`` are the dataset indices of batch ``i`` (used when a batch has no ``id``);
-    without them the rows are numbered in order."""
+    without them the rows are numbered in order. ``id_name``: the first column's header when the
+    batches carry an ``id``."""
     batches = _flat(predictions)
     if not batches:
         return [], []
@@ -62,7 +66,7 @@ def prediction_rows(predictions: Sequence[dict], batch_indices: Sequence[Sequenc
         else [str(i) for i in range(num_classes)]
     id_key = next((k for k in ("id", "index") if k in batches[0]), None)
     has_label = "label" in batches[0]
-    header = [id_key or "index", "predicted", "predicted_name"]
+    header = [(id_name if id_key == "id" and id_name else id_key) or "index", "predicted", "predicted_name"]
     header += ["label", "label_name"] if has_label else []
     header += [f"p_{n}" for n in names]
     rows, position = [], 0
@@ -100,7 +104,9 @@ class PredictionWriter(BasePredictionWriter):
     def write_on_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, predictions: Sequence[Any],
                            batch_indices: Sequence[Any]) -> None:
         indices = _flat(batch_indices) if batch_indices else None
-        header, rows = prediction_rows(predictions, indices, getattr(trainer.datamodule, "class_names", None))
+        datamodule = trainer.datamodule
+        header, rows = prediction_rows(predictions, indices, getattr(datamodule, "class_names", None),
+                                       getattr(datamodule, "id_name", None))
         if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             gathered: list[Any] = [None] * trainer.world_size
             torch.distributed.all_gather_object(gathered, (header, rows))
@@ -111,7 +117,7 @@ class PredictionWriter(BasePredictionWriter):
                     if row[0] not in seen:  # DistributedSampler repeats samples to even the shards out
                         seen.add(row[0])
                         rows.append(row)
-            rows.sort(key=lambda r: (isinstance(r[0], str), r[0]))
+            rows.sort(key=lambda r: (isinstance(r[0], str), r[0] if isinstance(r[0], (int, float, str)) else str(r[0])))
         if not trainer.is_global_zero or not header:
             return
         text = io.StringIO()

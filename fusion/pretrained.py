@@ -18,6 +18,13 @@ from its ``hparams`` plus its sub-modules. An argument that cannot be written as
 a tensor, an object that records nothing) is a ``TypeError`` naming it, raised before anything
 is written.
 
+A saved folder is data: ``from_pretrained`` imports nothing its ``config.json`` names unless it
+is a class or function of fusegen's own packages (``fusion``, ``generative``, ``rl``,
+``datamodules``) or of the short allowlist ``ALLOWED_EXTERNAL`` (``torch.optim`` optimizers and
+schedulers, ``torch.nn`` layers, ``gymnasium.wrappers``). Every ``class_path`` and every dotted
+import-path string, at any depth of ``init_args``, is checked as a string before any import;
+anything else is an ``UntrustedConfigError`` naming the class path and where it stands.
+
 This module also holds the one error every pretrained-weights loader raises when weights are
 neither local nor downloadable (``weights_unavailable``).
 """
@@ -27,10 +34,16 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
+import importlib.util
 import inspect
 import json
 import os
+import re
+import socket
+import threading
 import typing
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -268,11 +281,13 @@ def from_pretrained(directory: str | os.PathLike, expected: type | None = None, 
         raise ValueError(f"{config_file} is not valid JSON ({err}); save the model again") from err
     if not isinstance(config, dict) or "class_path" not in config:
         raise ValueError(f"{config_file} has no 'class_path': not written by fusion.pretrained.save_pretrained")
-    config = {**config, "init_args": {**config.get("init_args", {}), **overrides}}
+    check_config_classes(config, config_file)  # before any import: the file is data, not code
+    config = {**config, "init_args": {**(config.get("init_args") or {}), **overrides}}
     cls = _import(config["class_path"], config_file)
     if expected is not None and not issubclass(cls, expected):
         raise TypeError(f"{folder} holds a {config['class_path']}, not a {class_path_of(expected)}; "
-                        f"load it with fusion.pretrained.from_pretrained({str(folder)!r})")
+                        f"load it with {config['class_path'].rpartition('.')[2]}.from_pretrained({str(folder)!r}) "
+                        f"or fusion.from_pretrained({str(folder)!r})")
     module = instantiate(cls, config, where=str(config_file))
     try:
         state = load_file(str(weights_file), device="cpu")
@@ -283,6 +298,82 @@ def from_pretrained(directory: str | os.PathLike, expected: type | None = None, 
     except RuntimeError as err:
         raise RuntimeError(f"{weights_file} does not fit the module rebuilt from {config_file}: {err}") from err
     return module.eval()
+
+
+# ----------------------------------------------------------------------------------------------
+# What a config file read from disk may name
+# ----------------------------------------------------------------------------------------------
+
+#: fusegen's own packages: any class or function defined in them may be named.
+TRUSTED_PACKAGES = ("fusion", "generative", "rl", "datamodules")
+#: Other libraries' classes that saved configs use: optimizers / schedulers (a classifier's
+#: ``optimizer``), layers and activations (heads and encoders that take a layer class), and env
+#: wrappers (an agent's ``wrappers``). Nothing here runs commands or reads files.
+ALLOWED_EXTERNAL = ("torch.optim", "torch.nn", "gymnasium.wrappers")
+_DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
+
+
+class UntrustedConfigError(ValueError):
+    """A config file read from disk names a class or function outside the allowlist."""
+
+
+def _allowed(path: str) -> bool:
+    return any(path == p or path.startswith(p + ".") for p in (*TRUSTED_PACKAGES, *ALLOWED_EXTERNAL))
+
+
+def _refuse(path: str, where: str, source: Any) -> UntrustedConfigError:
+    return UntrustedConfigError(
+        f"{source}: refusing to load: {where} names {path!r}, which is not a class or function of fusegen's "
+        f"packages ({', '.join(TRUSTED_PACKAGES)}) or of the allowlist ({', '.join(ALLOWED_EXTERNAL)}); a "
+        f"config file read from disk may name only those, so {path!r} was not imported and nothing ran. A folder "
+        "written by save_pretrained names only such classes: this one was edited or comes from elsewhere. If you "
+        "trust it, build the model in Python and load only its weights: "
+        "model.load_state_dict(safetensors.torch.load_file('.../model.safetensors'))")
+
+
+def _check_name(path: str, where: str, source: Any, must_resolve: bool) -> None:
+    """``path`` is allowlisted as a string, then (importing only allowlisted modules) resolves to
+    an object that is itself defined there: ``fusion.pretrained.os.system`` is refused too."""
+    if not _allowed(path):
+        raise _refuse(path, where, source)
+    try:
+        obj = _import(path, source)
+    except (ImportError, AttributeError):
+        if must_resolve:
+            raise
+        return  # a plain string that only looks like a path; jsonargparse treats it as text
+    origin = obj.__name__ if inspect.ismodule(obj) else getattr(obj, "__module__", None)
+    if not isinstance(origin, str) or not _allowed(origin):
+        raise _refuse(f"{path} (defined in {origin})", where, source)
+
+
+def check_config_classes(config: Any, source: Any, where: str = "") -> None:
+    """Raise ``UntrustedConfigError`` unless every class a config names is allowlisted.
+
+    Walks ``config`` (``{"class_path", "init_args"}`` nested to any depth, in dicts and lists):
+    each ``class_path``, and each string that reads as a dotted import path of an installed
+    module (what jsonargparse resolves for a callable- or class-typed argument), is checked
+    before anything is imported. ``source`` (the file) and ``where`` (the key) go into the error."""
+    if isinstance(config, Mapping):
+        for key, value in config.items():
+            here = f"{where}.{key}" if where else str(key)
+            if key == "class_path":
+                if not isinstance(value, str):
+                    raise UntrustedConfigError(f"{source}: {here} must be a string, got {value!r}")
+                _check_name(value, here, source, must_resolve=True)
+            else:
+                check_config_classes(value, source, here)
+    elif isinstance(config, (list, tuple)):
+        for i, value in enumerate(config):
+            check_config_classes(value, source, f"{where}[{i}]")
+    elif isinstance(config, str) and _DOTTED.fullmatch(config):
+        top = config.partition(".")[0]
+        try:
+            installed = importlib.util.find_spec(top) is not None  # a top-level lookup runs no module code
+        except (ImportError, ValueError):
+            installed = False
+        if installed:
+            _check_name(config, where or "the config", source, must_resolve=False)
 
 
 def _import(class_path: str, where: Any) -> type:
@@ -327,6 +418,72 @@ def instantiate(cls: type, config: dict[str, Any], where: str = "config") -> Any
 
 class WeightsUnavailableError(OSError):
     """Pretrained weights were asked for, are not cached, and could not be downloaded."""
+
+
+#: One connection attempt this long decides whether a download is tried at all (the libraries'
+#: own retry ladders take about a minute to give up on an unreachable host).
+PROBE_TIMEOUT_S = 3.0
+_PROBED: dict[tuple[str, int], bool] = {}
+
+
+def hub_offline() -> bool:
+    """``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) is set: fusegen's loaders then download
+    nothing, from the Hub or from torch.hub URLs, and use only what is cached."""
+    try:
+        from huggingface_hub import constants
+
+        if constants.HF_HUB_OFFLINE:
+            return True
+    except ImportError:
+        pass
+    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
+               for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def hub_endpoint() -> str:
+    """The Hugging Face Hub address in use (``HF_ENDPOINT`` or huggingface.co)."""
+    try:
+        from huggingface_hub import constants
+
+        return constants.ENDPOINT
+    except ImportError:
+        return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+
+
+def reachable(url: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """Whether ``url``'s host (or the proxy for its scheme) accepts a TCP connection within
+    ``timeout`` seconds, name lookup included; the answer is kept for the process."""
+    parts = urllib.parse.urlsplit(url)
+    proxy = urllib.request.getproxies().get(parts.scheme or "https")
+    if proxy and not urllib.request.proxy_bypass(parts.hostname or ""):
+        parts = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+    if (host, port) not in _PROBED:
+        answer: list[bool] = []
+
+        def probe() -> None:
+            try:
+                socket.create_connection((host, port), timeout=timeout).close()
+                answer.append(True)
+            except OSError:
+                answer.append(False)
+
+        thread = threading.Thread(target=probe, daemon=True)  # a hanging name lookup is abandoned
+        thread.start()
+        thread.join(timeout)
+        _PROBED[(host, port)] = bool(answer and answer[0])
+    return _PROBED[(host, port)]
+
+
+def download_blocked(url: str) -> ConnectionError | None:
+    """Why a download from ``url`` must not be tried now (``HF_HUB_OFFLINE``, or its host did
+    not answer one short probe), as the ``cause`` for ``weights_unavailable``; ``None`` to go on."""
+    if hub_offline():
+        return ConnectionError("HF_HUB_OFFLINE is set: nothing is downloaded")
+    if not reachable(url):
+        host = urllib.parse.urlsplit(url).netloc
+        return ConnectionError(f"{host} did not answer within {PROBE_TIMEOUT_S:g} s (offline?); no download tried")
+    return None
 
 
 def cache_locations() -> dict[str, str]:

@@ -278,6 +278,42 @@ def test_cache_is_reused_and_keyed_on_options_and_files(manifest: Path, monkeypa
     assert edited.cache_path != key
 
 
+def test_a_damaged_cache_file_is_rebuilt_with_one_warning_naming_it(manifest: Path):
+    import re
+    import warnings
+
+    from datamodules.cache import CacheRepairWarning, problem
+
+    first = make_dm(str(manifest), id_column="row_id")
+    folder, expected = first.cache_path, whole(first, "train")
+    train = folder / "train.safetensors"
+    umask = os.umask(0)
+    os.umask(umask)
+    files = [p for p in folder.iterdir() if p.is_file()]
+    assert {p.name for p in files} >= {"train.safetensors", "train.safetensors.manifest.json", "meta.json",
+                                       "meta.json.manifest.json", "train.ids.json", "train.ids.json.manifest.json"}
+    assert {oct(p.stat().st_mode & 0o777) for p in files} == {oct(0o666 & ~umask)}  # not private (0600)
+    assert oct(folder.stat().st_mode & 0o777) == oct(0o777 & ~umask)
+    for damage in ("truncate", "same-size"):
+        if damage == "truncate":  # a full disk, a killed copy
+            os.truncate(train, train.stat().st_size // 2)
+        else:  # bit rot: the size is right, the sha256 is not
+            data = bytearray(train.read_bytes())
+            data[-10:] = bytes(10)
+            train.write_bytes(bytes(data))
+        with pytest.warns(CacheRepairWarning) as record:
+            again = make_dm(str(manifest), id_column="row_id")
+        repairs = [str(w.message) for w in record if issubclass(w.category, CacheRepairWarning)]
+        assert len(repairs) == 1 and re.search(rf"cache file {re.escape(str(train))} is .*rebuilding it", repairs[0])
+        assert again.cache_path == folder and problem(train, full_hash=True) is None
+        for key in ("image", "audio", "label", "index"):
+            assert torch.equal(whole(again, "train")[key], expected[key]), key
+        assert whole(again, "train")["id"] == expected["id"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CacheRepairWarning)  # repaired: the next run reads it silently
+        make_dm(str(manifest), id_column="row_id")
+
+
 def test_failure_leaves_nothing_in_the_cache(manifest: Path):
     from datamodules.paths import cache_dir
 
@@ -345,6 +381,56 @@ def test_image_channels_must_match_the_model_encoder(tmp_path: Path):
     with pytest.raises(DataError, match=r"'image' \(column 'picture'\) gives \[B, 3, 28, 28\].*LeNetImageEncoder "
                                         r"expects \[B, 1, \*, \*\]"):
         dm.setup()
+
+
+def test_bad_files_are_named_with_the_users_column_and_the_file(tmp_path: Path):
+    rows = write_rows(tmp_path / "data")
+    (tmp_path / "data" / "wav" / "3.wav").write_bytes(b"RIFF not really")
+    with pytest.raises(DataError, match=r"row 3 of .*m\.csv.*column 'sound' \(audio\), file '.*wav/3\.wav': "
+                                        r"unreadable audio") as err:
+        make_dm(str(write_csv(tmp_path / "data" / "m.csv", rows)), cache=False)
+    assert "column for" not in str(err.value)
+    folder = tmp_path / "folder"  # imagefolder: the row names only the folder, the message the image too
+    for label, mode in (("a", "L"), ("b", "RGB")):
+        (folder / label).mkdir(parents=True)
+        for i in range(3):
+            Image.new(mode, (8, 8), 100).save(folder / label / f"{label}{i}.png")
+    with pytest.raises(DataError, match=r"row \d+ of .*folder', column 'image', file '.*folder/b/b\d\.png': "
+                                        r"image has 3 channel\(s\).*image_channels is 1"):
+        HFDataModule(path="imagefolder", data_dir=str(folder), columns={"image": "image"}, cache=False,
+                     val_fraction=0.2, test_fraction=0.2).setup()
+
+
+def test_string_ids_are_carried_into_predictions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Ids are whatever the file holds ('ex1' or 17): batches carry them and predictions.csv names them."""
+    import pytorch_lightning as pl
+
+    from fusion import ConcatFusion, FusionClassifier, LeNetImageEncoder
+
+    rows = write_rows(tmp_path / "data", blanks=False)
+    for r in rows:
+        r["row_id"] = f"ex{r['row_id']}"
+    path = str(write_csv(tmp_path / "data" / "m.csv", rows))
+    dm = make_dm({"train": path, "test": path}, id_column="row_id", columns={"image": "picture"}, val_fraction=0.2)
+    batch = next(iter(dm.test_dataloader()))
+    assert batch["id"][:3] == ["ex0", "ex1", "ex2"] and batch["index"].tolist()[:3] == [0, 1, 2]
+    int_path = str(write_csv(tmp_path / "data" / "i.csv", write_rows(tmp_path / "data", blanks=False)))
+    ints = make_dm({"train": int_path, "test": int_path}, id_column="row_id", columns={"image": "picture"},
+                   val_fraction=0.2)
+    int_batch = next(iter(ints.test_dataloader()))
+    assert int_batch["id"][:3] == [0, 1, 2] and int_batch["index"].tolist()[:3] == [0, 1, 2]
+    monkeypatch.chdir(tmp_path)
+    for data, expected in ((dm, [f"ex{i}" for i in range(len(rows))]), (ints, [str(i) for i in range(len(rows))])):
+        torch.manual_seed(0)
+        model = FusionClassifier(encoders={"image": LeNetImageEncoder(out_dim=8)}, fusion=ConcatFusion, num_classes=3)
+        trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                             default_root_dir=str(tmp_path / "runs"))
+        trainer.predict(model, datamodule=data)
+        written = next(c for c in trainer.callbacks if type(c).__name__ == "PredictionWriter").path
+        with open(written) as f:
+            got = list(csv.DictReader(f))
+        assert list(got[0])[0] == "row_id" and [r["row_id"] for r in got] == expected
+        assert [r["label_name"] for r in got] == [CLASSES[i % 3] for i in range(len(rows))]
 
 
 def test_missing_data_file(tmp_path: Path):
@@ -434,6 +520,137 @@ def test_streaming_parquet_shards_are_split_across_two_ranks(tmp_path: Path):
     assert len(seen[0]["seen"]) == len(a) == 12 and len(b) == 12  # 2 shards each, every row once
     assert not a & b and a | b == set(range(24))
     assert seen[0]["shapes"] == [[1, 28, 28]]
+
+
+def write_unequal_shards(folder: Path) -> list[dict]:
+    """Two Parquet shards of 100 and 37 rows (row_id 0..136), and a validation file."""
+    import datasets
+
+    rows = write_rows(folder, n_per_class=46, blanks=False)[:137]
+    datasets.Dataset.from_list(rows[:100]).to_parquet(str(folder / "shard-0.parquet"))
+    datasets.Dataset.from_list(rows[100:]).to_parquet(str(folder / "shard-1.parquet"))
+    datasets.Dataset.from_list(rows[:12]).to_parquet(str(folder / "val.parquet"))
+    return rows
+
+
+def test_streaming_unequal_shards_give_the_ranks_disjoint_halves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "SLEEP_TIME_ON_THREADS_SHUTDOWN", 0)
+    write_unequal_shards(tmp_path)
+    per_rank = []
+    for rank in range(2):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        dm = make_dm({"train": str(tmp_path / "shard-*.parquet")}, path="parquet", streaming=True,
+                     class_names=list(CLASSES), id_column="row_id", columns={"image": "picture"}, batch_size=4,
+                     num_workers=2)
+        loader = dm.train_dataloader()
+        per_rank.append([[i for b in loader for i in b["index"].tolist()] for _ in range(3)])
+    for epoch in range(3):
+        a, b = per_rank[0][epoch], per_rank[1][epoch]
+        assert len(a) == len(set(a)) and len(b) == len(set(b))
+        assert sorted((len(a), len(b))) == [68, 69]  # row by row, not 100 + 37 shard by shard
+        assert not set(a) & set(b) and set(a) | set(b) == set(range(137))
+    assert per_rank[0][0] != per_rank[0][1]  # a new shuffle order each epoch
+
+
+def test_even_stream_stops_every_rank_when_the_first_runs_out(monkeypatch: pytest.MonkeyPatch):
+    """EvenStream's agreement, with the other rank played by the all-reduce: it has 3 batches, this one 5."""
+    from datamodules.hf import EvenStream
+
+    other = iter([1, 1, 1, 0, 0, 0])
+    calls = []
+
+    def all_reduce(flag, op=None, group=None):
+        calls.append(int(flag.item()))
+        flag.fill_(min(int(flag.item()), next(other)))
+
+    monkeypatch.setattr(torch.distributed, "all_reduce", all_reduce)
+
+    class Stream:
+        class ds:
+            epochs: list[int] = []
+
+            @classmethod
+            def set_epoch(cls, epoch: int) -> None:
+                cls.epochs.append(epoch)
+
+    loader = [{"index": torch.tensor([i])} for i in range(5)]
+    got = list(EvenStream(loader, Stream, shuffle=True, epoch=lambda: 7, group=object()))
+    assert [b["index"].item() for b in got] == [0, 1, 2] and calls == [1, 1, 1, 1]
+    assert Stream.ds.epochs == [7]  # the trainer's epoch, set before the workers start
+    other = iter([1] * 5 + [0])
+    assert len(list(EvenStream(loader, Stream, shuffle=False, group=object()))) == 5  # equal: nothing dropped
+
+
+UNEQUAL_DDP_YAML = """
+experiment: stream-ddp
+trainer: {max_epochs: 2, enable_progress_bar: false, enable_model_summary: false}
+model:
+  class_path: fusion.FusionClassifier
+  init_args:
+    num_classes: 3
+    encoders: {image: {class_path: fusion.LeNetImageEncoder, init_args: {out_dim: 8}}}
+    fusion: fusion.ConcatFusion
+data:
+  class_path: datamodules.HFDataModule
+  init_args:
+    path: parquet
+    data_files: {train: shard-*.parquet, validation: val.parquet}
+    streaming: true
+    columns: {image: picture}
+    label_column: animal
+    class_names: [cat, dog, eel]
+    id_column: row_id
+    batch_size: 4
+"""
+
+COUNT_BATCHES = '''
+import json
+import pytorch_lightning as pl
+
+
+class CountBatches(pl.Callback):
+    """Each rank writes the row ids of every training batch it ran, per epoch."""
+
+    def on_fit_start(self, trainer, pl_module):
+        self.seen = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.seen.setdefault(trainer.current_epoch, []).append(batch["index"].tolist())
+
+    def on_fit_end(self, trainer, pl_module):
+        with open(f"batches-rank{trainer.global_rank}.json", "w") as f:
+            json.dump(self.seen, f)
+'''
+
+
+@pytest.mark.slow  # two Lightning DDP processes on CPU: ~1-2 minutes on 2 busy cores
+@pytest.mark.timeout(600)
+def test_streaming_unequal_shards_train_under_two_process_ddp(tmp_path: Path):
+    """Shards of 100 and 37 rows, ``streaming: true``, the ddp-cpu preset: both ranks run the same
+    number of batches each epoch (a rank with one batch more would abort gloo / hang NCCL)."""
+    import subprocess
+    import sys
+
+    from experiments.cli import CONFIG_DIR
+
+    write_unequal_shards(tmp_path)
+    (tmp_path / "stream.yaml").write_text(UNEQUAL_DDP_YAML)
+    (tmp_path / "count_batches.py").write_text(COUNT_BATCHES)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(tmp_path), os.getcwd()]),
+           "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "experiments.cli", "fit", "--config", "stream.yaml",
+                           "--config", str(CONFIG_DIR / "presets" / "ddp-cpu.yaml"),
+                           "--trainer.callbacks+=count_batches.CountBatches"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=540)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    ranks = [json.loads((tmp_path / f"batches-rank{r}.json").read_text()) for r in range(2)]
+    for epoch in ("0", "1"):
+        a, b = ([i for batch in r[epoch] for i in batch] for r in ranks)
+        assert len(ranks[0][epoch]) == len(ranks[1][epoch]) == 17  # 69 and 68 rows in batches of 4: 17 each
+        assert not set(a) & set(b) and len(set(a) | set(b)) == 136  # one row of 137 waits for the next epoch
 
 
 def test_streaming_needs_class_names(tmp_path: Path):

@@ -60,6 +60,56 @@ def assert_offline_error(err: pytest.ExceptionInfo, model_id: str, caches: dict,
     assert len(text.splitlines()) <= 8  # one screen
 
 
+@pytest.fixture
+def black_hole(tmp_path, monkeypatch):
+    """A network that swallows connections (the machine is offline, HF_HUB_OFFLINE unset): every
+    connect waits out its timeout (at most 30 s) and fails, as with an unroutable host; caches are empty."""
+    import socket
+    import time
+
+    import huggingface_hub.constants
+
+    import fusion.pretrained
+
+    hf_cache, torch_home = tmp_path / "hf-cache", tmp_path / "torch-home"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hf_cache))
+    for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(torch_home))
+    monkeypatch.setattr(fusion.pretrained, "_PROBED", {})
+
+    def create_connection(address, timeout=None, *args, **kwargs):
+        time.sleep(min(timeout or 30, 30))
+        raise TimeoutError(f"connecting to {address} timed out")
+
+    def connect(self, address):
+        time.sleep(min(self.gettimeout() or 30, 30))
+        raise TimeoutError(f"connecting to {address} timed out")
+
+    monkeypatch.setattr(socket, "create_connection", create_connection)
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    return {"hf": str(hf_cache), "torch": str(torch_home)}
+
+
+@pytest.mark.parametrize("loader", ["timm", "transformers", "torchaudio"])
+def test_no_network_and_nothing_cached_fails_fast(loader, black_hole):
+    import time
+
+    build, model_id, fix = {
+        "timm": (lambda: ImageEncoder("resnet18", in_chans=1, pretrained=True), "resnet18", "pretrained_file="),
+        "transformers": (lambda: TextEncoder("bert-base-uncased"), "bert-base-uncased",
+                         "pretrained='path/to/folder'"),
+        "torchaudio": (lambda: PretrainedAudioEncoder("WAV2VEC2_BASE"), "WAV2VEC2_BASE", "download.pytorch.org"),
+    }[loader]
+    start = time.monotonic()
+    with pytest.raises(WeightsUnavailableError) as err:
+        build()
+    assert time.monotonic() - start < 10  # one 3-s probe, not the libraries' minute of retries
+    assert_offline_error(err, model_id, black_hole, fix)
+    assert "did not answer within 3 s" in str(err.value)
+
+
 # ----------------------------------------------------------------------------------------------
 # timm
 # ----------------------------------------------------------------------------------------------

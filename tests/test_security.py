@@ -4,6 +4,7 @@ file, and the code does not run; fusegen's own checkpoints of every family still
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -116,3 +117,100 @@ def test_own_checkpoints_of_every_family_resume_as_data(family: str, in_tmp: Pat
     assert code == 0, err[-2000:]
     second = torch.load(last, weights_only=True)
     assert second["epoch"] == 1 and second["global_step"] == 2 * first["global_step"] > 0
+
+
+# ----------------------------------------------------------------------------------------------
+# A saved model folder (config.json + model.safetensors) is data: the classes it names are checked
+# ----------------------------------------------------------------------------------------------
+
+POPEN = {"class_path": "subprocess.Popen", "init_args": {"args": "touch PWNED", "shell": True}}
+
+
+def shared_folder(folder: Path, config: dict) -> Path:
+    """A folder as someone might share it: any config.json beside a valid model.safetensors."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config))
+    save_file({"w": torch.zeros(2)}, str(folder / "model.safetensors"))
+    return folder
+
+
+def legit_config(tmp_path: Path) -> dict:
+    from fusion import ConcatFusion, FusionClassifier, LeNetImageEncoder
+    from fusion.pretrained import save_pretrained
+
+    model = FusionClassifier(encoders={"image": LeNetImageEncoder(out_dim=8)}, fusion=ConcatFusion, num_classes=3)
+    return json.loads((save_pretrained(model, tmp_path / "legit") / "config.json").read_text())
+
+
+def test_from_pretrained_refuses_a_config_that_names_popen(in_tmp: Path):
+    import fusion
+    from fusion.pretrained import UntrustedConfigError
+
+    folder = shared_folder(in_tmp / "shared", POPEN)
+    with pytest.raises(UntrustedConfigError, match=r"config.json: refusing to load: class_path names "
+                                                   r"'subprocess.Popen'.*was not imported and nothing ran"):
+        fusion.from_pretrained(folder)
+    with pytest.raises(UntrustedConfigError, match="subprocess.Popen"):
+        fusion.FusionClassifier.from_pretrained(folder)
+    assert not (in_tmp / "PWNED").exists()
+
+
+@pytest.mark.parametrize("place", ["fusion", "encoder", "list", "callable-string", "own-package-alias"])
+def test_from_pretrained_refuses_a_payload_nested_in_init_args(place: str, in_tmp: Path):
+    import fusion
+    from fusion.pretrained import UntrustedConfigError
+
+    config = legit_config(in_tmp)
+    args = config["init_args"]
+    if place == "fusion":
+        args["fusion"] = POPEN
+        named, key = "subprocess.Popen", "init_args.fusion.class_path"
+    elif place == "encoder":
+        args["encoders"]["image"]["init_args"]["extra"] = POPEN
+        named, key = "subprocess.Popen", "init_args.encoders.image.init_args.extra.class_path"
+    elif place == "list":
+        args["hidden_dims"] = [8, POPEN]
+        named, key = "subprocess.Popen", r"init_args.hidden_dims\[1\].class_path"
+    elif place == "callable-string":  # what jsonargparse resolves for a callable-typed argument
+        args["optimizer"] = "subprocess.getoutput"
+        named, key = "subprocess.getoutput", "init_args.optimizer"
+    else:  # an allowed prefix reaching a module imported inside fusegen
+        args["optimizer"] = {"class_path": "fusion.pretrained.os.system", "init_args": {"command": "touch PWNED"}}
+        named, key = r"fusion.pretrained.os.system \(defined in (posix|os)\)", "init_args.optimizer.class_path"
+    folder = shared_folder(in_tmp / "shared", config)
+    with pytest.raises(UntrustedConfigError, match=rf"refusing to load: {key} names '{named}"):
+        fusion.from_pretrained(folder)
+    assert not (in_tmp / "PWNED").exists()
+
+
+def test_a_named_module_is_never_imported(in_tmp: Path, monkeypatch: pytest.MonkeyPatch):
+    import sys
+
+    import fusion
+    from fusion.pretrained import UntrustedConfigError
+
+    marker = in_tmp / "module-code-ran"
+    (in_tmp / "evil_fusegen_payload.py").write_text(f"open({str(marker)!r}, 'w').close()\nclass Thing: pass\n")
+    monkeypatch.syspath_prepend(str(in_tmp))
+    config = legit_config(in_tmp)
+    config["init_args"]["encoders"]["image"] = {"class_path": "evil_fusegen_payload.Thing"}
+    with pytest.raises(UntrustedConfigError, match="evil_fusegen_payload.Thing"):
+        fusion.from_pretrained(shared_folder(in_tmp / "shared", config))
+    assert not marker.exists() and "evil_fusegen_payload" not in sys.modules
+
+
+def test_a_saved_folder_still_loads_and_a_wrong_class_points_at_the_safe_call(tmp_path: Path):
+    import fusion
+    from fusion import AudioEncoder, ConcatFusion, FusionClassifier, LeNetImageEncoder
+
+    torch.manual_seed(0)
+    model = FusionClassifier(encoders={"image": LeNetImageEncoder(out_dim=8)}, fusion=ConcatFusion,
+                             num_classes=3, optimizer=torch.optim.SGD).eval()
+    folder = model.save_pretrained(tmp_path / "model")
+    again = fusion.from_pretrained(folder)
+    batch = {"image": torch.randn(2, 1, 28, 28)}
+    torch.testing.assert_close(again(batch), model(batch))
+    with pytest.raises(TypeError, match=r"holds a fusion.module.FusionClassifier.*FusionClassifier.from_pretrained"):
+        AudioEncoder.from_pretrained(folder)
