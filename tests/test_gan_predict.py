@@ -20,7 +20,7 @@ model:
     condition: label
     generator: {class_path: generative.Generator, init_args: {ngf: 8, cond_dim: 10}}
     discriminator: {class_path: generative.Discriminator, init_args: {ndf: 8, cond_dim: 10}}
-    metrics: false
+    metrics: null
     ema_decay: 0.9
     num_predictions: 12
     labels: [3, 7]
