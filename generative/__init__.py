@@ -1,10 +1,10 @@
 """GANs: generators, discriminators, their losses, the GAN LightningModule, picture and
 prediction callbacks, sample-quality metrics."""
 
+from generative.augment import diff_augment
 from generative.callbacks import InterpolationGrid, PredictionWriter, SampleGrid
 from generative.conditioning import load_condition_encoder, pooled_unit_norm
 from generative.losses import discriminator_loss, generator_loss, gradient_penalty
-from generative.augment import diff_augment
 from generative.metrics import (
     DigitClassifier,
     DigitFeatures,

@@ -35,9 +35,9 @@ from torch.optim.swa_utils import AveragedModel
 
 from datamodules.checks import check_choice, check_int, check_real, check_value
 from fusion.artifacts import FrozenModule
+from generative.augment import diff_augment, parse_policy
 from generative.conditioning import load_condition_encoder, pooled_unit_norm
 from generative.ema import get_ema_warmup_multi_avg_fn
-from generative.augment import diff_augment, parse_policy
 from generative.losses import LOSSES, LossName, discriminator_loss, generator_loss, gradient_penalty
 from generative.metrics.sample_metrics import SampleMetrics
 

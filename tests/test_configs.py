@@ -78,6 +78,10 @@ def _fast_dev_run(config: Path, request: pytest.FixtureRequest) -> None:
         from experiments.make_files_example import make_files_example
 
         make_files_example(tmp / "runs" / "files-example-data", n=200, root=str(request.getfixturevalue("data_root")))
+    if name(config) == "gan/imagefolder-example.yaml":  # the RGB folder its header's first step writes
+        from experiments.make_shapes_example import make_shapes_example
+
+        make_shapes_example(tmp / "runs" / "shapes-data", n=150)
     small = SMALL["gan"] if model == "generative.GAN" else []
     if data.endswith("HFDataModule") and model == "generative.GAN":
         small = [*small[4:], "--model.init_args.metrics", "null"]  # a smoke test: no metrics

