@@ -85,7 +85,7 @@ class _TinyAudioEncoder(nn.Module):
 
 
 def test_condition_noise_perturbs_encoder_conditions_in_training_only() -> None:
-    with pytest.raises(ValueError, match="condition_noise=-0.1"):
+    with pytest.raises(ValueError, match=r"model.init_args.condition_noise = -0.1 is not allowed"):
         GAN(Generator(ngf=8, cond_dim=8), Discriminator(ndf=8, cond_dim=8), condition="audio",
             condition_encoder=_TinyAudioEncoder(), condition_noise=-0.1, metrics=None)
     pl.seed_everything(0)
