@@ -123,11 +123,11 @@ def test_n_critic_schedule() -> None:
 def test_bad_values_name_the_key() -> None:
     with pytest.raises(ValueError, match=r"model.init_args.n_critic = 0 is not allowed"):
         _gan(n_critic=0)
-    with pytest.raises(ValueError, match="gp_weight=-1"):
+    with pytest.raises(ValueError, match=r"model.init_args.gp_weight = -1.0 is not allowed"):
         _gan(gp_weight=-1.0)
-    with pytest.raises(ValueError, match=r"data_range=\[1.0, 0.0\]"):
+    with pytest.raises(ValueError, match=r"model.init_args.data_range = \[1.0, 0.0\] is not allowed"):
         _gan(data_range=(1.0, 0.0))
-    with pytest.raises(ValueError, match="labels=.*condition: label"):
+    with pytest.raises(ValueError, match=r"model.init_args.labels = \[1\] is not allowed.*condition: label"):
         _gan(labels=[1])
 
 
