@@ -20,13 +20,14 @@ Notes:
 
 from __future__ import annotations
 
+import inspect
 import math
+import warnings
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-import torchmetrics
 from pytorch_lightning.cli import OptimizerCallable
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -34,13 +35,26 @@ from torch.optim.swa_utils import AveragedModel
 
 from datamodules.checks import check_choice, check_int, check_real, check_value
 from fusion.artifacts import FrozenModule
+from generative.augment import diff_augment, parse_policy
 from generative.conditioning import load_condition_encoder, pooled_unit_norm
 from generative.ema import get_ema_warmup_multi_avg_fn
 from generative.losses import LOSSES, LossName, discriminator_loss, generator_loss, gradient_penalty
+from generative.metrics.sample_metrics import SampleMetrics
 
 
 def _dcgan_adam(params: Any) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=2e-4, betas=(0.5, 0.999))
+
+
+def _is_plain_data(value: Any) -> bool:
+    """True for what a config is made of (numbers, strings, lists and dicts of them)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_is_plain_data(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_plain_data(v) for k, v in value.items())
+    return False
 
 
 class GAN(pl.LightningModule):
@@ -70,9 +84,11 @@ class GAN(pl.LightningModule):
             conditions: during training add N(0, condition_noise^2) to each unit-norm condition
             vector and renormalise, so G also draws clean images near (not only at) the training
             inputs' embeddings, where an unseen speaker's embeddings land. 0: off; labels never.
-        metrics: compute the Fréchet classifier distance (and, if conditional, the classifier's
-            agreement with the requested class) at validation and test time.
-        classifier_epochs / classifier_train_limit: recipe of the cached digit classifier.
+        metrics: the evaluation at validation and test time, e.g. ``generative.metrics.SampleMetrics(
+            features=DigitFeatures(), metrics=[fid, kid, precision_recall, density_coverage])``;
+            ``None``: none (losses only). Not saved in checkpoints: it is an evaluation choice.
+        diffaugment: DiffAugment policies (Zhao et al. 2020) applied to every image D sees, real and
+            fake, in both steps, e.g. ``"color,translation,cutout"`` (``None``: off); for small data.
         grid_every_n_epochs: sample-grid PNG cadence (0: no sample or interpolation grids).
         image_key: the batch key of the images to generate.
         data_range: value range of the dataset's images (AV-MNIST: ``[0, 1]``); they are mapped
@@ -100,9 +116,8 @@ class GAN(pl.LightningModule):
         ema_decay: float | None = 0.999,
         ema_warmup: bool = True,
         condition_noise: float = 0.0,
-        metrics: bool = True,
-        classifier_epochs: int = 2,
-        classifier_train_limit: int | None = None,
+        metrics: SampleMetrics | None = None,
+        diffaugment: str | None = None,
         grid_every_n_epochs: int = 1,
         image_key: str = "image",
         data_range: tuple[float, float] = (-1.0, 1.0),
@@ -110,7 +125,7 @@ class GAN(pl.LightningModule):
         labels: list[int] | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["generator", "discriminator", "condition_encoder"])
+        self._save_config_hyperparameters(inspect.currentframe())
         self.automatic_optimization = False
         check_choice("loss", loss, LOSSES)
         check_int("n_critic", n_critic)
@@ -119,6 +134,8 @@ class GAN(pl.LightningModule):
         check_value("data_range", list(data_range), len(data_range) == 2 and data_range[0] < data_range[1],
                     "[low, high] with low < high")
         check_int("num_predictions", num_predictions)
+        self.diffaugment = parse_policy(diffaugment)
+        self.metrics = metrics  # a plain attribute: its extractor is no part of the GAN's state
         if labels is not None:
             if condition != "label":
                 check_value("labels", labels, False, f"null: labels need condition: label (condition is {condition!r})")
@@ -155,10 +172,22 @@ class GAN(pl.LightningModule):
             self.generator_ema = AveragedModel(generator, multi_avg_fn=ema, use_buffers=True)
             self.generator_ema.requires_grad_(False)
         self.iteration = 0  # batches trained; saved in checkpoints
-        self._eval: dict[str, Any] | None = None  # classifier + metrics, built in setup
         self._grid_cond: torch.Tensor | None = None  # fixed conditions for sample grids (encoder case)
         self._grid_labels: torch.Tensor | None = None
         self._predict_left = self._predicted = 0
+
+    def _save_config_hyperparameters(self, frame: Any) -> None:
+        """Save the arguments that are plain data, so ``GAN.load_from_checkpoint(path)`` rebuilds the GAN.
+
+        Through ``fusegen``/LightningCLI the networks arrive as their config (class path + init
+        args, plain data) and are saved; built in Python they are modules and are dropped (pass them
+        again: ``load_from_checkpoint(path, generator=..., discriminator=...)``). ``metrics`` is never
+        saved: a loaded GAN samples without building (or training) a feature extractor."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`")
+            self.save_hyperparameters(ignore=["metrics"], frame=frame)
+        for key in [k for k, v in self.hparams.items() if not k.startswith("_") and not _is_plain_data(v)]:
+            del self.hparams[key]
 
     # ------------------------------------------------------------------ conditioning / sampling
     @property
@@ -208,6 +237,7 @@ class GAN(pl.LightningModule):
     def d_loss(self, real: torch.Tensor, fake: torch.Tensor, cond: torch.Tensor | None
                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The discriminator's loss (with ``gp_weight`` times the gradient penalty for WGAN-GP)."""
+        real, fake = self.augment(real), self.augment(fake)
         d_real, d_fake = self.discriminator(real, cond), self.discriminator(fake, cond)
         loss = discriminator_loss(d_real, d_fake, self.hparams.loss)
         stats = {"d_real": d_real.detach().mean(), "d_fake": d_fake.detach().mean()}
@@ -218,7 +248,11 @@ class GAN(pl.LightningModule):
         return loss, stats
 
     def g_loss(self, fake: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
-        return generator_loss(self.discriminator(fake, cond), self.hparams.loss)
+        return generator_loss(self.discriminator(self.augment(fake), cond), self.hparams.loss)
+
+    def augment(self, images: torch.Tensor) -> torch.Tensor:
+        """DiffAugment (``diffaugment``) of what D sees, real or fake alike; identity when off."""
+        return diff_augment(images, ",".join(self.diffaugment)) if self.diffaugment else images
 
     def is_generator_step(self, iteration: int) -> bool:
         """Whether batch ``iteration`` (0-based) also updates G: every ``n_critic``-th batch."""
@@ -274,12 +308,39 @@ class GAN(pl.LightningModule):
                 "GAN under DDP: each backward pass reaches only one of the two networks, so DDP must expect unused "
                 "parameters. Set `trainer.strategy: ddp_find_unused_parameters_true`, or with a DDPStrategy preset "
                 "`--trainer.strategy.init_args.find_unused_parameters true`.")
+        batches = self.trainer.estimated_stepping_batches
+        if self.trainer.max_steps not in (-1, None):  # max_steps counts optimizer steps (D and G)
+            batches = self.trainer.max_steps / (1 + 1 / self.hparams.n_critic)
+        g_steps = int(batches // self.hparams.n_critic)
+        if g_steps < 300:
+            warnings.warn(f"this fit makes only {g_steps} generator updates: a DCGAN's samples stay near-uniform grey "
+                          "for the first few hundred; train longer (more epochs or max_steps) before judging them",
+                          stacklevel=2)
 
     def setup(self, stage: str) -> None:
-        # Built here, not in a validation hook: validation runs under inference mode, and the
-        # first use may have to train the classifier. Predictions need no metrics.
-        if self.hparams.metrics and self._eval is None and stage in ("fit", "validate", "test"):
-            self._eval = self._build_eval()
+        self.check_datamodule(getattr(self.trainer, "datamodule", None))
+
+    def check_datamodule(self, datamodule: Any) -> None:
+        """The datamodule's image channels/size must be the networks' (both keys named if not)."""
+        hp = getattr(datamodule, "hparams", {}) or {}
+        if "image_channels" in hp:
+            data_channels = int(hp["image_channels"])
+        elif hasattr(datamodule, "image_shape"):
+            data_channels = int(datamodule.image_shape[0])
+        else:
+            return
+        size = getattr(datamodule, "image_size", None) or hp.get("image_size")
+        data_size = tuple(size) if isinstance(size, (list, tuple)) else (int(size), int(size)) if size else None
+        for name, net in (("generator", self.generator), ("discriminator", self.discriminator)):
+            channels, net_size = getattr(net, "channels", None), getattr(net, "image_size", None)
+            if channels is not None and channels != data_channels:
+                raise ValueError(f"data.init_args.image_channels is {data_channels} but model.init_args.{name}."
+                                 f"init_args.channels is {channels}: set both to the same (1 grey, 3 RGB)")
+            if net_size is not None and data_size is not None and data_size != (net_size, net_size):
+                shown = data_size[0] if data_size[0] == data_size[1] else list(data_size)
+                raise ValueError(f"data.init_args.image_size is {shown} but model.init_args.{name}.init_args."
+                                 f"image_size is {net_size}: set both to the same (the networks take square "
+                                 "images of 16, 28, 32, 64, 128 or 256 px)")
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -292,25 +353,9 @@ class GAN(pl.LightningModule):
             torch.set_rng_state(checkpoint["gan_cpu_rng_state"])
 
     # ------------------------------------------------------------------ validation metrics
-    def _build_eval(self) -> dict[str, Any]:
-        from generative.metrics import frechet_distance, load_digit_classifier
-
-        classifier = load_digit_classifier(epochs=self.hparams.classifier_epochs,
-                                           train_limit=self.hparams.classifier_train_limit)
-        # Kept out of the module tree on purpose: the fixed extractor is not part of the GAN's
-        # checkpoint, and a run with metrics off can resume one with metrics on.
-        return {"classifier": FrozenModule(classifier), "fid": frechet_distance(classifier),
-                "agreement": torchmetrics.classification.MulticlassAccuracy(self.hparams.num_classes, average="micro")}
-
     def on_validation_epoch_start(self) -> None:
-        if self._eval is not None:
-            for key in ("classifier", "fid", "agreement"):
-                self._eval[key] = self._eval[key].to(self.device)
-            # Fresh, normal (non-inference) metric states: `trainer.validate` runs under inference
-            # mode and `fit`'s validation under no_grad; states made in one must work in the other.
-            with torch.inference_mode(False):
-                self._eval["fid"].reset()
-                self._eval["agreement"].reset()
+        if self.metrics is not None:
+            self.metrics.to(self.device).reset()
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         real = self.real_images(batch)
@@ -320,22 +365,24 @@ class GAN(pl.LightningModule):
             order = torch.argsort(batch["label"], stable=True)
             self._grid_cond = cond[order].detach().cpu()
             self._grid_labels = batch["label"][order].cpu()
-        if self._eval is None:
+        if self.metrics is None:
             return
         z = torch.randn(real.shape[0], self.nz, device=real.device)
         fake = self.sample(z, cond)
-        self._eval["fid"].update(real, real=True)
-        self._eval["fid"].update(fake, real=False)
-        if cond is not None:
-            self._eval["agreement"].update(self._eval["classifier"](fake).argmax(1), batch["label"])
+        self.metrics.update(real, fake, batch.get("label") if cond is not None else None)
 
     def on_validation_epoch_end(self, stage: str = "val") -> None:
-        if self._eval is None:
+        if self.metrics is None or self.trainer.sanity_checking:
             return
-        # torchmetrics already synced the states across ranks: every rank holds the same value.
-        self.log(f"{stage}/fid", self._eval["fid"].compute(), prog_bar=True, sync_dist=True)
-        if self.hparams.condition is not None:
-            self.log(f"{stage}/agreement", self._eval["agreement"].compute(), prog_bar=True, sync_dist=True)
+        gather = self.all_gather if self.trainer.world_size > 1 else None
+        scores = self.metrics.compute(gather)
+        # Every rank holds the same gathered features, hence the same scores.
+        for name, value in scores.items():
+            self.log(f"{stage}/{name}", value, prog_bar=name in ("fid", "kid", "agreement"), sync_dist=False)
+        sampler = "EMA generator" if self.generator_ema is not None else "generator"
+        if self.trainer.is_global_zero:
+            shown = "  ".join(f"{k} {v:.4g}" for k, v in scores.items() if k != "kid_std")
+            print(f"fusegen: {stage} {shown}  [{self.metrics.protocol(stage, sampler)}]")
 
     # Test = validation on the test split (for AV-MNIST: the held-out speaker's recordings).
     def on_test_epoch_start(self) -> None:

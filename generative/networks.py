@@ -121,6 +121,11 @@ class Discriminator(nn.Module):
         self.head = sn(nn.Conv2d(c_in, 1, k, s, p, bias=False))
         self.embed = sn(nn.Linear(cond_dim, c_in, bias=False)) if cond_dim else None
         self.apply(dcgan_init)
+        if self.embed is not None:
+            # At nn.Linear's default scale (uniform ±1/sqrt(cond_dim): ±0.58 for 3 classes) the class
+            # term would dwarf the N(0, 0.02) image path: D's logits start near ±20, saturate, and an
+            # RGB GAN learns nothing for hundreds of steps. Start it at the convs' scale instead.
+            nn.init.normal_(getattr(self.embed, "weight_orig", self.embed.weight), 0.0, 0.02)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         if tuple(x.shape[1:]) != (self.channels, self.image_size, self.image_size):

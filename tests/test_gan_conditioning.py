@@ -36,7 +36,7 @@ def _fusion_checkpoint(path: pathlib.Path, encoder: nn.Module, **extra) -> pathl
 
 def _gan(checkpoint, encoder: nn.Module | None = None) -> GAN:
     return GAN(Generator(ngf=8, cond_dim=8), Discriminator(ndf=8, cond_dim=8), condition="audio",
-               condition_encoder=encoder or TinyEncoder(), encoder_checkpoint=checkpoint, metrics=False)
+               condition_encoder=encoder or TinyEncoder(), encoder_checkpoint=checkpoint, metrics=None)
 
 
 def test_gan_loads_the_encoder_weights_at_construction(tmp_path) -> None:

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import generative.metrics as metrics
-from generative import DigitClassifier, frechet_distance, load_digit_classifier
+import generative.metrics.digits as metrics
+from generative import DigitClassifier, load_digit_classifier
+from generative.metrics import DigitFeatures, frechet_distance
 
 RECIPE = {"epochs": 1, "train_limit": 2048}  # same as tests/test_gan_module.py: trained once per session
 
@@ -36,23 +37,20 @@ def test_frechet_distance_separates_digits_from_noise(data_root) -> None:
     dm.setup("fit")
     batches = iter(dm.val_dataloader())
     a, b = next(batches)["image"], next(batches)["image"]
-    same = frechet_distance(classifier)
-    same.update(a, real=True)
-    same.update(b, real=False)
-    noise = frechet_distance(classifier)
-    noise.update(a, real=True)
-    noise.update(torch.rand_like(b) * 2 - 1, real=False)
-    blurred = frechet_distance(classifier)
-    blurred.update(a, real=True)
-    blurred.update(torch.nn.functional.avg_pool2d(b, 3, 1, 1), real=False)
-    d_same, d_blur, d_noise = same.compute().item(), blurred.compute().item(), noise.compute().item()
+    features = DigitFeatures(**RECIPE)
+    assert features.classifier.state_dict().keys() == classifier.state_dict().keys()
+    with torch.no_grad():
+        fa = features(a)
+        d_same = frechet_distance(fa, features(b))
+        d_blur = frechet_distance(fa, features(torch.nn.functional.avg_pool2d(b, 3, 1, 1)))
+        d_noise = frechet_distance(fa, features(torch.rand_like(b) * 2 - 1))
     assert d_same < d_blur < d_noise, (d_same, d_blur, d_noise)
     assert d_same < 0.1 * d_noise
 
 
-def test_extractor_accepts_other_sizes_and_rgb() -> None:
-    clf = DigitClassifier()
-    feats = metrics.classifier_features(clf)
+def test_extractor_accepts_other_sizes_and_rgb(data_root) -> None:
+    feats = DigitFeatures(**RECIPE)
+    clf = feats.classifier
     feats.train()
     assert not clf.training and not clf.body[1].training  # the metric's extractor never leaves eval mode
     assert not any(p.requires_grad for p in clf.parameters()) and feats.num_features == 128

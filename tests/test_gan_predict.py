@@ -20,7 +20,7 @@ model:
     condition: label
     generator: {class_path: generative.Generator, init_args: {ngf: 8, cond_dim: 10}}
     discriminator: {class_path: generative.Discriminator, init_args: {ndf: 8, cond_dim: 10}}
-    metrics: false
+    metrics: null
     ema_decay: 0.9
     num_predictions: 12
     labels: [3, 7]
@@ -45,6 +45,17 @@ def test_predict_writes_requested_images_and_grid(tmp_path: Path) -> None:
     # Pictures of the fit: the same pictures/ folder as every family.
     assert (tmp_path / "runs" / "tiny-gan" / "pictures" / "samples" / "epoch_000.png").is_file()
     assert (tmp_path / "runs" / "tiny-gan" / "pictures" / "interpolation.png").is_file()
+
+    # A user samples from the trained GAN in a few lines: the networks are rebuilt from the saved config.
+    import torch
+
+    from generative import GAN
+
+    gan = GAN.load_from_checkpoint(ckpt, map_location="cpu")
+    images = gan.sample(torch.randn(6, gan.nz), torch.nn.functional.one_hot(torch.tensor([7] * 6), 10).float())
+    assert images.shape == (6, 1, 28, 28) and images.abs().max() <= 1
+    assert torch.equal(gan.generator.main[0].weight, torch.load(ckpt, weights_only=True)["state_dict"][
+        "generator.main.0.weight"])
 
     out = _fusegen("predict", "--config", str(config), "--ckpt_path", str(ckpt), cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]

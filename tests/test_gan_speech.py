@@ -107,7 +107,7 @@ model:
     condition: label
     generator: {class_path: generative.Generator, init_args: {ngf: 8, image_size: 16, cond_dim: 10}}
     discriminator: {class_path: generative.Discriminator, init_args: {ndf: 8, image_size: 16, cond_dim: 10}}
-    metrics: false
+    metrics: null
     ema_decay: 0.9
     num_predictions: 6
     labels: [3, 7]
@@ -153,4 +153,4 @@ def test_image_size_must_match_the_mel_bands() -> None:
 
     with pytest.raises(ValueError, match=r"generator\.init_args\.image_size is 32 but model\.init_args\.mel\.size"):
         SpeechGAN(mel={"size": 16, "n_fft": 1024}, generator=Generator(ngf=8, image_size=32),
-                  discriminator=Discriminator(ndf=8, image_size=32), metrics=False)
+                  discriminator=Discriminator(ndf=8, image_size=32), metrics=None)

@@ -65,7 +65,7 @@ model:
   init_args:
     generator: {class_path: generative.Generator, init_args: {nz: 16, ngf: 8}}
     discriminator: {class_path: generative.Discriminator, init_args: {ndf: 8}}
-    metrics: false
+    metrics: null
     grid_every_n_epochs: 0
     ema_decay: 0.9
 data:

@@ -25,7 +25,7 @@ model:
   init_args:
     generator: {class_path: generative.Generator, init_args: {ngf: 8}}
     discriminator: {class_path: generative.Discriminator, init_args: {ndf: 8}}
-    metrics: false
+    metrics: null
     grid_every_n_epochs: 0
 data:
   class_path: datamodules.SyntheticMultimodalDataModule

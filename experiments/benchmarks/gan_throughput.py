@@ -37,7 +37,7 @@ class _Timer(pl.Callback):
 
 def lightning_steps_per_s(dm: MNISTDataModule, ngf: int, iters: int, warmup: int, seed: int) -> float:
     pl.seed_everything(seed, verbose=False)
-    model = GAN(Generator(ngf=ngf), Discriminator(ndf=ngf), loss="bce", ema_decay=None, metrics=False,
+    model = GAN(Generator(ngf=ngf), Discriminator(ndf=ngf), loss="bce", ema_decay=None, metrics=None,
                 grid_every_n_epochs=0)
     timer = _Timer(warmup)
     trainer = pl.Trainer(max_steps=2 * iters, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,

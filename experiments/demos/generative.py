@@ -25,7 +25,7 @@ def run(out_dir: Path, data: DataSource, batches: int = 1920, epochs: int = 3, w
     if data.synthetic:
         synthetic = {"class_path": SYNTHETIC_DATA,
                      "init_args": {"num_train": samples, "num_val": 256, "num_test": 256, "batch_size": 64}}
-        overrides += ["--data", json.dumps(synthetic), "--model.init_args.metrics", "false"]
+        overrides += ["--data", json.dumps(synthetic), "--model.init_args.metrics", "null"]
         what = f"synthetic images, {batches} batches"
     else:
         overrides += ["--data.init_args.train_limit", str(samples)]

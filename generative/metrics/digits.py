@@ -1,11 +1,11 @@
-"""Sample-quality metrics without downloads: the "Fréchet LeNet Distance".
+"""The digit classifier: a feature extractor for MNIST-like digits that needs no download.
 
-FID needs a feature extractor; the usual InceptionV3 weights cannot be downloaded here and fit
-digits poorly anyway. Instead fusegen trains a small digit CNN on MNIST once (>= 99% test
-accuracy, ~1-2 minutes on CPU), caches it as safetensors under
-``datamodules.paths.cache_dir("classifier")`` and hands its penultimate layer to torchmetrics'
-``FrechetInceptionDistance(feature=...)``. The same classifier scores conditional samples:
-does the generated image show the digit that was asked for?
+InceptionV3 weights cannot always be downloaded and fit 28x28 digits poorly, so fusegen trains a
+small digit CNN on MNIST once (>= 99% test accuracy, ~1-2 minutes on CPU) and caches it as
+safetensors under ``datamodules.paths.cache_dir("classifier")``. ``generative.metrics.DigitFeatures``
+hands its penultimate layer to ``SampleMetrics``; its logits score conditional samples (does the
+generated image show the digit that was asked for?). It is trained by ``load_digit_classifier``,
+called when a config builds a ``DigitFeatures``; the GAN itself never trains it.
 
 Scores are comparable only between runs that use the same extractor (same cache key).
 """
@@ -22,11 +22,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
-from torchmetrics.image.fid import FrechetInceptionDistance
 
 from datamodules.files import atomic_path, atomic_write_json, remove_stale_temp_files
 from datamodules.paths import cache_dir
-from fusion.artifacts import FrozenModule
 
 log = logging.getLogger(__name__)
 
@@ -61,32 +59,6 @@ class DigitClassifier(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.fc(self.dropout(self.features(images)))
-
-
-class DigitFeatures(nn.Module):
-    """The classifier's penultimate layer as a module, shaped as torchmetrics' custom FID extractor
-    (``num_features``); ``frechet_distance`` freezes it with ``fusion.artifacts.FrozenModule``."""
-
-    def __init__(self, classifier: DigitClassifier) -> None:
-        super().__init__()
-        self.classifier = classifier
-        self.num_features = classifier.num_features
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.classifier.features(images)
-
-
-def classifier_features(classifier: DigitClassifier) -> FrozenModule:
-    """The frozen feature extractor: no gradients, and eval mode that sticks (BatchNorm statistics
-    and dropout must not change the metric when Lightning calls ``.train()``)."""
-    frozen = FrozenModule(DigitFeatures(classifier))
-    frozen.num_features = classifier.num_features
-    return frozen
-
-
-def frechet_distance(classifier: DigitClassifier) -> FrechetInceptionDistance:
-    """torchmetrics FID on the classifier's features; ``update(images_in_[-1,1], real=...)``."""
-    return FrechetInceptionDistance(feature=classifier_features(classifier), reset_real_features=False)
 
 
 def _evaluate(model: nn.Module, loader) -> float:
