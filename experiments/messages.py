@@ -16,7 +16,9 @@ import difflib
 import importlib
 import inspect
 import logging
+import os
 import re
+import sys
 import textwrap
 import warnings
 from pathlib import Path
@@ -116,38 +118,50 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-_NOT_ACCEPTED = re.compile(r"Problem with given class_path '([\w.]+)':\s*\n\s*(?:Key|Option) '([\w.]+)' is not "
-                           r"(?:accepted|expected)")
-_PARSER_KEY = re.compile(r'Parser key "([\w.]+)"')
+_OPTION = re.compile(r"(?:Option|Key) '([\w.]+)' is not (?:accepted|expected)")
 
 
 def explain_parse_error(message: str, files: Iterable[str]) -> str:
     """A short message for a mistyped key inside ``init_args`` (jsonargparse reports it as a failed
-    Union with the whole given value); other messages are returned unchanged."""
-    found = _NOT_ACCEPTED.search(message)
-    if not found:
+    Union followed by the whole given value); other messages are returned unchanged."""
+    option = _OPTION.search(message)
+    if UNION_DUMP not in message or not option:
         return message
-    class_path, key = found.groups()
-    parser_key = _PARSER_KEY.search(message)
-    where = parser_key.group(1) if parser_key else ""
-    full_key = f"{where}.init_args.{key}" if where else key
-    valid = accepted_arguments(class_path)
-    location = key_location(files, key.split(".")[-1], parents=tuple(p for p in (where, "init_args") if p))
-    source = f"{location}: " if location else ""
-    hint = did_you_mean(key, valid) or (f"; valid keys: {', '.join(valid)}" if valid else "")
-    return f"{source}{full_key}: option {key!r} is not accepted by {class_path}{hint}"
+    key = option.group(1)
+    before, after = message[:option.start()], message[option.end():]
+    later = re.search(r"class_path='([\w.]+)'", after.split("\n", 1)[0])  # nested: "Got value: Namespace(...)"
+    earlier = re.findall(r"Problem with given class_path '([\w.]+)'", before)
+    class_path = later.group(1) if later else (earlier[-1] if earlier else "")
+    parents = re.findall(r'Parser key "([\w.]+)"', before)
+    full_key = ".init_args.".join([*parents, key])  # model.init_args.fusion.init_args.<key>
+    valid = accepted_arguments(class_path) if class_path else []
+    location = key_location(files, key.split(".")[-1], parents=(*parents, "init_args"))
+    hint = did_you_mean(key, valid) or (f"; its options: {', '.join(valid)}" if valid else "")
+    owner = f" by {class_path}" if class_path else ""
+    return f"{location + ': ' if location else ''}{full_key}: option {key!r} is not accepted{owner}{hint}"
+
+
+_UNKNOWN = (re.compile(r"Group '([\w.]+)' does not accept option '([\w.]+)'"),
+            re.compile(r"Key '?\"?([\w.]+?)'?\"? is not expected()"),
+            re.compile(r"unrecognized arguments: --([\w.]+)()"))
 
 
 def unknown_key_hint(message: str, valid: Iterable[str], files: Iterable[str]) -> str:
-    """Add the file:line and a "did you mean" to jsonargparse's message for an unknown top-level key
-    (``Key "trainer.max_epohcs" is not expected`` / ``unrecognized arguments``)."""
-    found = re.search(r"(?:Key|key) '?\"?([\w.]+)'?\"? is not expected|unrecognized arguments: --([\w.]+)", message)
-    if not found:
+    """Add the file:line and a "did you mean" to jsonargparse's message for an unknown key outside
+    ``init_args`` (``Group 'trainer' does not accept option 'max_epohcs'``, ``unrecognized arguments``)."""
+    for pattern in _UNKNOWN:
+        found = pattern.search(message)
+        if found:
+            break
+    else:
         return message
-    key = found.group(1) or found.group(2)
-    hint = did_you_mean(key, valid)
-    location = key_location(files, key.split(".")[-1], parents=tuple(key.split(".")[:-1]))
-    return f"{location + ': ' if location else ''}{message}{hint}"
+    key = ".".join(part for part in found.groups() if part)
+    valid = list(valid)
+    if key.startswith("trainer.") and not any(v.startswith("trainer.") for v in valid):
+        valid += [f"trainer.{name}" for name in accepted_arguments("pytorch_lightning.Trainer")]
+    parts = key.split(".")
+    location = key_location(files, parts[-1], parents=tuple(parts[:-1]))
+    return f"{location + ': ' if location else ''}{message}{did_you_mean(key, valid)}"
 
 
 def constructor_errors(message: str) -> list[str]:
@@ -190,6 +204,21 @@ def quiet_known_noise() -> None:
     logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_DropMessages("litlogger"))
     # A deprecation inside Lightning's own code (pytorch_lightning/utilities/_pytree.py) under torch 2.10.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
+    # `datasets` draws a "Generating train split" bar for every file it converts (the cached arrays
+    # are built once); HF_DATASETS_DISABLE_PROGRESS_BARS=0 brings the bars back.
+    if "HF_DATASETS_DISABLE_PROGRESS_BARS" not in os.environ:
+        os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
+        if "datasets" in sys.modules:
+            sys.modules["datasets"].disable_progress_bars()
+    # fusegen's own warnings on one line, like Lightning's: no repeated source line under the message.
+    plain = warnings.formatwarning
+
+    def one_line(message: Any, category: Any, filename: str, lineno: int, line: str | None = None) -> str:
+        if Path(filename).parent == Path(__file__).parent:
+            return f"fusegen: {category.__name__}: {message}\n"
+        return plain(message, category, filename, lineno, line)
+
+    warnings.formatwarning = one_line
     # On small data an epoch is shorter than log_every_n_steps: step metrics are still logged every
     # log_every_n_steps steps (counted across epochs) and epoch metrics every epoch.
     warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the logging "
