@@ -315,7 +315,8 @@ def _changed_config(err: BaseException, ckpt_path: Any, model: Any) -> RuntimeEr
     keys = sorted(k for k in set(now) | set(before) if now.get(k, "<unset>") != before.get(k, "<unset>"))
     if not keys:
         return None
-    shown = "; ".join(f"model.{k}: {before.get(k, '<unset>')!r} in the checkpoint, {now.get(k, '<unset>')!r} now"
+    shown = "; ".join(f"model.init_args.{k}: {before.get(k, '<unset>')!r} in the checkpoint, "
+                      f"{now.get(k, '<unset>')!r} now"
                       for k in keys[:8]) + (f" (+{len(keys) - 8} more)" if len(keys) > 8 else "")
     first = text.strip().splitlines()[1].strip() if len(text.strip().splitlines()) > 1 else text.strip()
     return RuntimeError(
