@@ -142,6 +142,7 @@ def explain_parse_error(message: str, files: Iterable[str]) -> str:
 
 
 _UNKNOWN = (re.compile(r"Group '([\w.]+)' does not accept option '([\w.]+)'"),
+            re.compile(r"Subcommand '[\w.]+' does not accept option '([\w.]+)'()"),
             re.compile(r"Key '?\"?([\w.]+?)'?\"? is not expected()"),
             re.compile(r"unrecognized arguments: --([\w.]+)()"))
 
@@ -197,13 +198,12 @@ _QUIETED = False
 def quiet_known_noise() -> None:
     """Silence what every run printed and no user acts on; every other warning stays."""
     global _QUIETED
+    _quiet_warnings()  # again each time: warnings.catch_warnings() (tests, sweeps) restores the filters
     if _QUIETED:
         return
     _QUIETED = True
     # An advert for Lightning's cloud logger, printed by every Trainer.
     logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_DropMessages("litlogger"))
-    # A deprecation inside Lightning's own code (pytorch_lightning/utilities/_pytree.py) under torch 2.10.
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
     # `datasets` draws a "Generating train split" bar for every file it converts (the cached arrays
     # are built once); HF_DATASETS_DISABLE_PROGRESS_BARS=0 brings the bars back.
     if "HF_DATASETS_DISABLE_PROGRESS_BARS" not in os.environ:
@@ -219,6 +219,11 @@ def quiet_known_noise() -> None:
         return plain(message, category, filename, lineno, line)
 
     warnings.formatwarning = one_line
+
+
+def _quiet_warnings() -> None:
+    # A deprecation inside Lightning's own code (pytorch_lightning/utilities/_pytree.py) under torch 2.10.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
     # On small data an epoch is shorter than log_every_n_steps: step metrics are still logged every
     # log_every_n_steps steps (counted across epochs) and epoch metrics every epoch.
     warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the logging "
