@@ -323,7 +323,8 @@ def trial_table(trials: list[Any], space: dict[str, Any]) -> str:
     for t in sorted(trials, key=lambda t: t.number):
         seconds = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and \
             t.datetime_start else None
-        values = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in best_values(t, space).items())
+        values = ", ".join(f"{k.split('.')[-1]}={f'{v:.4g}' if isinstance(v, float) else v}"
+                           for k, v in best_values(t, space).items())
         rows.append((str(t.number), t.state.name.lower(), "" if t.value is None else f"{t.value:.4g}",
                      "" if seconds is None else f"{seconds:.1f}", values))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
