@@ -143,6 +143,8 @@ class FusegenCLI(LightningCLI):
     # ------------------------------------------------------------------ running a subcommand
     # LightningCLI calls a method named after the subcommand when the CLI defines one.
     def fit(self, **kwargs: Any) -> None:
+        # Before the lock file exists: the run folders a failed start made are removed again.
+        created = _Created(self.run_dir, self.trainer.loggers, self._checkpoint_dir())
         lock = RunLock(self.run_dir) if self.run_dir is not None and _is_first_process() else None
         if lock is not None:
             lock.acquire()
@@ -150,7 +152,7 @@ class FusegenCLI(LightningCLI):
                 rank_zero_warn(f"took over the stale lock {lock.path} of a run that is gone (PID "
                                f"{lock.took_over.get('pid')} on {lock.took_over.get('host')})")
         try:
-            self._guarded(self.trainer.fit, kwargs, clean_empty_runs=True, lock=lock)
+            self._guarded(self.trainer.fit, kwargs, created=created, lock=lock)
         finally:
             if lock is not None:
                 lock.release()
@@ -164,7 +166,7 @@ class FusegenCLI(LightningCLI):
     def predict(self, **kwargs: Any) -> None:
         self._guarded(self.trainer.predict, kwargs)
 
-    def _guarded(self, run: Callable[..., Any], kwargs: dict[str, Any], clean_empty_runs: bool = False,
+    def _guarded(self, run: Callable[..., Any], kwargs: dict[str, Any], created: _Created | None = None,
                  lock: RunLock | None = None) -> None:
         """Run a Trainer entry point with crash-safe checkpoints around it: stale temp files removed,
         ``ckpt_path: last`` resolved to a readable checkpoint, and a fit that fails before its
@@ -180,7 +182,6 @@ class FusegenCLI(LightningCLI):
                 raise FileNotFoundError(nothing_to_load(self.subcommand or run.__name__, ckpt_dir, self.runs_root))
             rank_zero_warn(f"--ckpt_path last: no checkpoint in {ckpt_dir or self.run_dir}; starting a new run")
             kwargs["ckpt_path"] = None  # (Lightning's own warning suggests save_last=True, which is set)
-        created = _Created(self.run_dir, self.trainer.loggers, ckpt_dir) if clean_empty_runs else None
         started = time.time()
         try:
             run(**kwargs)
