@@ -67,6 +67,8 @@ class FusegenArgumentParser(LightningArgumentParser):
         print(f"usage: {self.prog} [--config CONFIG.yaml ...] [--print_config] [--KEY VALUE ...]", file=file)
 
     def error(self, message: str, ex: Exception | None = None) -> Any:
+        if message.startswith("Unexpected config"):  # an empty or non-mapping --config file (Python use)
+            message = config_file_problem(["--config=" + f for f in self.config_files]) or message
         message = explain_parse_error(message, self.config_files)
         valid = [a.dest for a in self._actions if getattr(a, "dest", None)]
         return super().error(unknown_key_hint(message, valid, self.config_files), ex)
