@@ -9,10 +9,10 @@ callback argument (see trainer.yaml) becomes ``<trainer.default_root_dir>/<exper
 TensorBoard/CSV logs and checkpoints of one experiment live together in ``runs/<experiment>/``
 and ``--ckpt_path last`` resumes its latest run.
 
-Reliability (docs/reliability.md): bad YAML and bad learning rates fail before any work, naming
-the file/key; ``--ckpt_path`` files are vetted as data; ``last`` falls back to the newest readable
-checkpoint; a fit that fails before its first step removes the empty run folders it made; a
-failed DDP rank is named.
+Reliability (docs/reliability.md): bad YAML, bad keys and bad values fail before any work, naming
+the file/key; ``--ckpt_path`` files are vetted as data; ``last`` is the readable checkpoint with the
+highest global step; one live fit per run folder (``experiments/runlock.py``); a fit that fails
+before its first step removes the empty run folders it made; a failed DDP rank is named.
 """
 
 from __future__ import annotations
@@ -25,45 +25,69 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Union
 
 import torch
-import yaml
 from jsonargparse import Namespace
 from lightning_fabric.plugins import CheckpointIO
 from pytorch_lightning import LightningModule
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.utilities import rank_zero_warn
 
+from datamodules.checks import DATA, check_int
 from datamodules.files import atomic_write_text, remove_stale_temp_files
 from experiments.callbacks import (
     FiniteGuard,
     SafeCheckpointIO,
     checkpoint_safe_globals,
     load_checkpoint_as_data,
-    newest_readable_checkpoint,
+    readable,
 )
+from experiments.messages import (
+    config_file_problem,
+    config_files,
+    constructor_errors,
+    explain_parse_error,
+    quiet_known_noise,
+    unknown_key_hint,
+)
+from experiments.runlock import RunLock
 
 CONFIG_DIR = Path(__file__).resolve().parent
 TRAINER_DEFAULTS = CONFIG_DIR / "trainer.yaml"
 
 
 class FusegenArgumentParser(LightningArgumentParser):
-    """Prints a one-line usage on errors: the full synopsis is ~50 lines and buries the message."""
+    """Prints a one-line usage on errors: the full synopsis is ~50 lines and buries the message; a
+    mistyped key is named with the file and line it came from and the closest valid key."""
+
+    config_files: list[str] = []  # the --config files of the command line being parsed
 
     def print_usage(self, file: Any = None) -> None:
         print(f"usage: {self.prog} [--config CONFIG.yaml ...] [--print_config] [--KEY VALUE ...]", file=file)
+
+    def error(self, message: str, ex: Exception | None = None) -> Any:
+        if message.startswith("Unexpected config"):  # an empty or non-mapping --config file (Python use)
+            message = config_file_problem(["--config=" + f for f in self.config_files]) or message
+        message = explain_parse_error(message, self.config_files)
+        valid = [a.dest for a in self._actions if getattr(a, "dest", None)]
+        return super().error(unknown_key_hint(message, valid, self.config_files), ex)
 
 
 class FusegenCLI(LightningCLI):
     """LightningCLI with fusegen's shared trainer defaults and run-folder convention."""
 
     run_dir: Path | None = None  # runs/<experiment>/, set once the config is parsed
+    runs_root: Path | None = None  # trainer.default_root_dir as configured: runs/
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # LightningCLI itself reads a --ckpt_path file's hyperparameters with weights_only=True:
         # it must accept exactly what SafeCheckpointIO accepts.
         torch.serialization.add_safe_globals(checkpoint_safe_globals())
+        quiet_known_noise()
+        given = kwargs.get("args")
+        FusegenArgumentParser.config_files = config_files(sys.argv[1:] if given is None else
+                                                          given if isinstance(given, list) else [])
         defaults = {"default_config_files": [str(TRAINER_DEFAULTS)]}
         # With subcommands (the command line) each subcommand parser loads trainer.yaml;
         # with run=False (Python use, no subcommand) the single parser does.
@@ -81,6 +105,7 @@ class FusegenCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--experiment", type=str, default="default",
                             help="Run name: logs and checkpoints go to <trainer.default_root_dir>/<experiment>/.")
+        _ints_stay_ints(parser)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)
@@ -94,7 +119,12 @@ class FusegenCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         check_learning_rates(config)
+        check_batch_size(config)
+        if config.trainer.max_epochs == -1 and config.trainer.max_steps in (None, -1) and not config.trainer.max_time:
+            rank_zero_warn("trainer.max_epochs = -1 means no limit: training runs until stopped (Ctrl-C, "
+                           "trainer.max_steps, trainer.max_time or an EarlyStopping callback)")
         root = Path(config.trainer.default_root_dir or "runs")
+        self.runs_root = root
         # A config saved by an earlier run already names the run folder: do not nest it twice.
         run_dir = str(root if root.name == Path(config.experiment).name else root / config.experiment)
         self.run_dir = Path(run_dir)
@@ -115,7 +145,19 @@ class FusegenCLI(LightningCLI):
     # ------------------------------------------------------------------ running a subcommand
     # LightningCLI calls a method named after the subcommand when the CLI defines one.
     def fit(self, **kwargs: Any) -> None:
-        self._guarded(self.trainer.fit, kwargs, clean_empty_runs=True)
+        # Before the lock file exists: the run folders a failed start made are removed again.
+        created = _Created(self.run_dir, self.trainer.loggers, self._checkpoint_dir())
+        lock = RunLock(self.run_dir) if self.run_dir is not None and _is_first_process() else None
+        if lock is not None:
+            lock.acquire()
+            if lock.took_over:
+                rank_zero_warn(f"took over the stale lock {lock.path} of a run that is gone (PID "
+                               f"{lock.took_over.get('pid')} on {lock.took_over.get('host')})")
+        try:
+            self._guarded(self.trainer.fit, kwargs, created=created, lock=lock)
+        finally:
+            if lock is not None:
+                lock.release()
 
     def validate(self, **kwargs: Any) -> None:
         self._guarded(self.trainer.validate, kwargs)
@@ -126,7 +168,8 @@ class FusegenCLI(LightningCLI):
     def predict(self, **kwargs: Any) -> None:
         self._guarded(self.trainer.predict, kwargs)
 
-    def _guarded(self, run: Callable[..., Any], kwargs: dict[str, Any], clean_empty_runs: bool = False) -> None:
+    def _guarded(self, run: Callable[..., Any], kwargs: dict[str, Any], created: _Created | None = None,
+                 lock: RunLock | None = None) -> None:
         """Run a Trainer entry point with crash-safe checkpoints around it: stale temp files removed,
         ``ckpt_path: last`` resolved to a readable checkpoint, and a fit that fails before its
         first step leaves no empty run folders behind."""
@@ -136,13 +179,22 @@ class FusegenCLI(LightningCLI):
                 rank_zero_warn(f"removed {stale}: a temporary file left by a checkpoint save that was killed")
             if kwargs.get("ckpt_path") == "last":
                 kwargs["ckpt_path"] = resolve_last_checkpoint(ckpt_dir)
-        created = _Created(self.run_dir, self.trainer.loggers, ckpt_dir) if clean_empty_runs else None
+        if kwargs.get("ckpt_path") == "last":  # nothing to load
+            if run.__name__ != "fit":
+                raise FileNotFoundError(nothing_to_load(self.subcommand or run.__name__, ckpt_dir, self.runs_root))
+            rank_zero_warn(f"--ckpt_path last: no checkpoint in {ckpt_dir or self.run_dir}; starting a new run")
+            kwargs["ckpt_path"] = None  # (Lightning's own warning suggests save_last=True, which is set)
         started = time.time()
         try:
             run(**kwargs)
         except BaseException as err:
             if created is not None and self.trainer.global_step == 0 and self.trainer.is_global_zero:
+                if lock is not None:
+                    lock.release()
                 created.remove_if_empty()
+            changed = _changed_config(err, kwargs.get("ckpt_path"), self.model)
+            if changed is not None:
+                raise changed from err
             if self.trainer.world_size > 1 and not isinstance(err, (KeyboardInterrupt, SystemExit)):
                 raise _rank_error(err, self.trainer.global_rank, self.run_dir, started) from err
             raise
@@ -154,33 +206,126 @@ class FusegenCLI(LightningCLI):
 
 
 def resolve_last_checkpoint(folder: Path) -> str:
-    """``--ckpt_path last``: the newest readable ``last*.ckpt`` in ``folder``, else the newest readable
-    checkpoint there (with a warning naming it and the unreadable ones); ``"last"`` (Lightning then
-    starts from scratch with a warning) if the folder holds no checkpoint at all."""
+    """``--ckpt_path last``: the readable checkpoint in ``folder`` with the highest ``global_step``
+    (read from each file, not its name or modification time; ties go to the newest file), with one
+    warning naming what was skipped (unreadable files, and a ``last*.ckpt`` behind a further one);
+    ``"last"`` if the folder holds no checkpoint at all."""
     if not folder.is_dir():
-        return "last"  # nothing to resume: Lightning warns and starts from scratch
-    lasts = [p for p in folder.glob("*.ckpt") if p.stem == "last" or p.stem.startswith("last-v")]
-    chosen, unreadable = newest_readable_checkpoint(folder, lasts)
-    if chosen is None:
-        chosen, more = newest_readable_checkpoint(folder, [p for p in folder.glob("*.ckpt") if p not in lasts])
-        unreadable += more
-    skipped = [f"{p.name} ({why})" for p, why in unreadable]
-    if chosen is None:
+        return "last"
+    candidates = [p for p in folder.glob("*.ckpt") if p.is_file() or p.is_dir()]
+    progress: list[tuple[int, float, Path]] = []
+    unreadable: list[tuple[Path, str]] = []
+    for path in candidates:
+        step = _global_step(path)
+        if isinstance(step, str):
+            unreadable.append((path, step))
+        else:
+            progress.append((step, _mtime(path), path))
+    skipped = [f"{p.name} ({why})" for p, why in sorted(unreadable)]
+    if not progress:
         if skipped:
             raise RuntimeError(f"--ckpt_path last: no readable checkpoint in {folder} (skipped: {'; '.join(skipped)}). "
                                "Delete the unreadable files to start from scratch, or pass --ckpt_path FILE.")
         return "last"
-    if skipped:
+    step, mtime, chosen = max(progress, key=lambda t: (t[0], t[1]))
+    behind = [f"{p.name} (step {s}, behind)" for s, _, p in sorted(progress, key=lambda t: t[2].name)
+              if p.stem.startswith("last") and s < step]
+    if skipped or behind:
         moved = ""
-        if _is_first_process():
+        if _is_first_process() and unreadable:
             # Set aside so this run's ModelCheckpoint writes last.ckpt again (not last-v1.ckpt).
             for path, _ in unreadable:
-                if path.is_file() and path.stat().st_mtime > chosen.stat().st_mtime:
+                if path.is_file() and _mtime(path) > mtime:
                     path.replace(path.with_name(path.name + ".unreadable"))
-            moved = " (unreadable files renamed to *.unreadable)"
-        rank_zero_warn(f"--ckpt_path last: skipped {'; '.join(skipped)}; resuming from {chosen}, "
-                       f"the newest readable checkpoint{moved}")
+            moved = "; unreadable files renamed to *.unreadable"
+        rank_zero_warn(f"--ckpt_path last: resuming from {chosen} (global step {step}); skipped "
+                       f"{'; '.join(skipped + behind)}{moved}")
     return str(chosen)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return -1.0
+
+
+def _global_step(path: Path) -> int | str:
+    """The ``global_step`` saved in a checkpoint (memory-mapped read), or why it cannot be read."""
+    if path.is_dir():  # a sharded (FSDP) checkpoint folder: its step is in meta.pt
+        why = readable(path)
+        if why is not None:
+            return why
+        try:
+            return int(load_checkpoint_as_data(path / "meta.pt", map_location="cpu").get("global_step", 0))
+        except Exception:  # noqa: BLE001 - a meta.pt without the step still resumes
+            return 0
+    try:
+        checkpoint = load_checkpoint_as_data(path, map_location="cpu", mmap=True)
+    except Exception:  # noqa: BLE001 - readable() says why in the words the warning uses
+        return readable(path) or "unreadable"
+    step = checkpoint.get("global_step") if isinstance(checkpoint, dict) else None
+    return int(step) if isinstance(step, int) else "no global_step: not a Lightning checkpoint"
+
+
+def nothing_to_load(subcommand: str, ckpt_dir: Path | None, root: Path | None) -> str:
+    """The error for ``validate``/``test``/``predict --ckpt_path last`` with no checkpoint: the folder
+    searched and the experiments under the same root that have checkpoints."""
+    searched = ckpt_dir if ckpt_dir is not None else "(no ModelCheckpoint callback configured)"
+    others = experiments_with_checkpoints(root) if root is not None else []
+    shown = ", ".join(others[:10]) + (f" (+{len(others) - 10} more)" if len(others) > 10 else "")
+    where = (f"experiments with checkpoints under {root}/: {shown}; pass one with --experiment NAME"
+             if others else f"no experiment under {root}/ has checkpoints: train one first with `fusegen fit`")
+    return (f"{subcommand} --ckpt_path last: no checkpoint to load in {searched}, so there is no trained model "
+            f"to {subcommand} (it would run on untrained weights). {where}, or pass --ckpt_path FILE.")
+
+
+def experiments_with_checkpoints(root: Path) -> list[str]:
+    """Run folder names (``--experiment`` values) under ``root`` holding at least one ``*.ckpt``."""
+    if not root.is_dir():
+        return []
+    names = set()
+    for folder in root.glob("**/checkpoints"):
+        if folder.is_dir() and any(folder.glob("*.ckpt")):
+            names.add(folder.parent.relative_to(root).as_posix())
+    return sorted(names)
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict) or isinstance(value, Namespace):
+        items = value.items() if isinstance(value, dict) else vars(value).items()
+        out: dict[str, Any] = {}
+        for key, sub in items:
+            if str(key).startswith("_"):
+                continue
+            out.update(_flat(sub, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): value}
+
+
+def _changed_config(err: BaseException, ckpt_path: Any, model: Any) -> RuntimeError | None:
+    """A checkpoint whose weights do not fit the model: name the config keys whose values differ
+    from the hyperparameters saved in the checkpoint (instead of torch's ``size mismatch``)."""
+    text = str(err)
+    if not isinstance(err, RuntimeError) or not ckpt_path or "Error(s) in loading state_dict" not in text:
+        return None
+    try:
+        saved = load_checkpoint_as_data(ckpt_path, map_location="cpu", mmap=True).get("hyper_parameters") or {}
+    except Exception:  # noqa: BLE001 - keep the original error
+        return None
+    now = _flat(dict(getattr(model, "hparams", {}) or {}))
+    before = _flat(dict(saved))
+    keys = sorted(k for k in set(now) | set(before) if now.get(k, "<unset>") != before.get(k, "<unset>"))
+    if not keys:
+        return None
+    shown = "; ".join(f"model.init_args.{k}: {before.get(k, '<unset>')!r} in the checkpoint, "
+                      f"{now.get(k, '<unset>')!r} now"
+                      for k in keys[:8]) + (f" (+{len(keys) - 8} more)" if len(keys) > 8 else "")
+    first = text.strip().splitlines()[1].strip() if len(text.strip().splitlines()) > 1 else text.strip()
+    return RuntimeError(
+        f"checkpoint {ckpt_path} was trained with a different model config, so its weights do not fit "
+        f"({first}). Config keys that differ: {shown}. Resume with the config the checkpoint was trained with "
+        "(its run folder keeps it as config.yaml), or start a new run with another --experiment.")
 
 
 def _is_first_process() -> bool:
@@ -262,6 +407,27 @@ def check_learning_rates(config: Namespace) -> None:
                                  "(typical: 1e-4 to 1e-2)")
 
 
+def check_batch_size(config: Namespace) -> None:
+    """``data.init_args.batch_size`` of any datamodule: an integer >= 1, checked before any model is
+    built (a DataLoader would reject 0 only after the model summary, without naming the key)."""
+    init_args = getattr(getattr(config, "data", None), "init_args", None)
+    if isinstance(init_args, Namespace) and "batch_size" in init_args and init_args.batch_size is not None:
+        check_int("batch_size", init_args.batch_size, minimum=1, prefix=DATA)
+
+
+def _ints_stay_ints(parser: LightningArgumentParser) -> None:
+    """Trainer arguments typed ``Union[int, float]`` (``limit_train_batches``, ``val_check_interval``, ...)
+    reach jsonargparse as ``Union[float, int]`` (typing caches equal unions, so the order written in
+    Lightning's source can be lost); float is then tried first and turns ``1`` (one batch) into ``1.0``
+    (the whole epoch). Trying int first keeps an int the user typed an int; floats still parse."""
+    for action in parser._actions:
+        hint = getattr(action, "_typehint", None)
+        args = getattr(hint, "__args__", ())
+        if getattr(hint, "__origin__", None) is Union and float in args and int in args \
+                and args.index(float) < args.index(int):
+            action._typehint = Union[tuple(sorted(args, key=lambda t: t is not int))]
+
+
 def _keep_reliability_defaults(trainer: Namespace) -> None:
     """A config that replaces trainer.yaml's ``callbacks`` or ``plugins`` list keeps the NaN stop and
     the safe checkpoint IO (with their defaults) unless it configures its own."""
@@ -315,7 +481,7 @@ def main(args: list[str] | None = None) -> None:
         from experiments.tune import main as tune
 
         sys.exit(tune(argv[1:]))
-    problem = yaml_syntax_error(argv)
+    problem = config_file_problem(argv)
     if problem:
         print(f"fusegen: error: {problem}", file=sys.stderr)
         sys.exit(2)
@@ -328,45 +494,15 @@ def main(args: list[str] | None = None) -> None:
             raise
         origin = err.__cause__ if isinstance(err, RankError) and err.__cause__ is not None else err
         frame = traceback.extract_tb(origin.__traceback__)[-1]
-        constructor_errors = _constructor_errors(str(err))
-        if constructor_errors:  # a class's own check, wrapped by jsonargparse in a dump of the config
-            print("fusegen: error: " + "\n  ".join(constructor_errors), file=sys.stderr)
+        failed = constructor_errors(str(err))
+        if failed:  # a class's own check, wrapped by jsonargparse in a dump of the config
+            print("fusegen: error: " + "\n".join(failed), file=sys.stderr)
             print("  (set FUSEGEN_DEBUG=1 for the full traceback)", file=sys.stderr)
         else:
             print(f"fusegen: error: {type(err).__name__}: {err}", file=sys.stderr)
             print(f"  (raised at {frame.filename}:{frame.lineno}; set FUSEGEN_DEBUG=1 for the full traceback)",
                   file=sys.stderr)
         sys.exit(1)
-
-
-def _constructor_errors(message: str) -> list[str]:
-    """The messages of the constructors that failed, out of jsonargparse's "Does not validate
-    against any of the Union subtypes" text (which appends the whole parsed config)."""
-    if "Does not validate against any of the Union subtypes" not in message or "Errors:" not in message:
-        return []
-    body = message.split("Errors:", 1)[1].split("\nGiven value type:", 1)[0]
-    errors = [line.strip()[2:] for line in body.splitlines() if line.strip().startswith("- ")]
-    return [e for e in errors if not e.startswith("Expected a <class 'NoneType'>")]
-
-
-def yaml_syntax_error(args: list[str]) -> str | None:
-    """``<file>:<line>:<col>: <problem>`` for the first ``--config`` file that is not valid YAML (the
-    parser would only say ``"<unicode string>"``)."""
-    files = [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
-    files += [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--config"]
-    for name in files:
-        path = Path(name)
-        if not path.is_file():
-            continue  # the parser reports missing files
-        try:
-            yaml.safe_load(path.read_text())
-        except yaml.MarkedYAMLError as err:
-            mark = err.problem_mark or err.context_mark
-            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
-            return f"{where}: {err.problem or err.context} (YAML syntax)"
-        except yaml.YAMLError as err:
-            return f"{path}: {err} (YAML syntax)"
-    return None
 
 
 if __name__ == "__main__":

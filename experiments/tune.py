@@ -1,11 +1,12 @@
 """``fusegen tune``: Optuna hyperparameter sweeps over the same configs ``fusegen fit`` runs.
 
-    fusegen tune --config experiments/fusion/synthetic-concat.yaml --search search.yaml --n-trials 20
+    fusegen tune --config experiments/fusion/synthetic-concat.yaml --search experiments/search/synthetic-concat.yaml \
+        --n-trials 20
     fusegen tune ... --workers 4                       # 4 worker processes on one study
     FUSEGEN_TUNE_STORAGE=postgresql://user:pw@db/optuna fusegen tune ...   # workers on many machines
 
-``search.yaml`` names the metric and a search space over any config key (dotted, as on the
-command line)::
+The search file (``experiments/search/synthetic-concat.yaml`` is one) names the metric and a
+search space over any config key (dotted, as on the command line)::
 
     metric: val/acc
     direction: maximize            # or minimize
@@ -25,16 +26,21 @@ which worker processes on one machine share; a PostgreSQL/MySQL URL (from
 history, saved configs and logs) serves workers on many machines with the same command.
 Heartbeats mark the trial of a killed worker as failed, and the study carries on. ``--n-trials``
 is the study's total of finished (complete or pruned) trials across all workers.
-The best values are written to ``runs/<study>/best.yaml``, a config to stack with ``--config``.
+At the end every trial is listed (state, metric, values); the best values are written to
+``runs/<study>/best.yaml`` (its header comment records the trial and the metric), a config to stack
+with ``--config``. A worker that died is named; the exit code is 0 when the study reached its
+``--n-trials`` finished trials, whatever happened to single workers.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -176,8 +182,11 @@ def objective_for(args: argparse.Namespace, space: dict[str, Any]):
         cli_args += ["--experiment", f"{args.study_name}/trial_{trial.number:03d}",
                      "--trainer.default_root_dir", str(args.root), *args.overrides, *as_overrides(values)]
         print(f"fusegen tune: trial {trial.number}: {values}", file=sys.stderr, flush=True)
-        cli = FusegenCLI(args=cli_args, run=False,
-                         trainer_defaults={"callbacks": [pruning_callback(trial, space["metric"])]})
+        with warnings.catch_warnings():
+            # The trial's arguments are passed on purpose while sys.argv holds `tune`'s own.
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within")
+            cli = FusegenCLI(args=cli_args, run=False,
+                             trainer_defaults={"callbacks": [pruning_callback(trial, space["metric"])]})
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
         metrics = cli.trainer.callback_metrics
         if space["metric"] not in metrics:
@@ -254,22 +263,72 @@ def main(argv: list[str] | None = None) -> int:
         study.optimize(objective_for(args, space), n_trials=args.n_trials - done,
                        callbacks=[optuna.study.MaxTrialsCallback(args.n_trials, states=finished)],
                        catch=(RuntimeError, ValueError, KeyError, FloatingPointError))
-    codes = [w.wait() for w in workers]
+    died = [worker_death(i, w.pid, w.wait()) for i, w in enumerate(workers, start=1)]
+    died = [d for d in died if d]
+    for line in died:
+        print(f"fusegen tune: {line}", file=sys.stderr)
 
-    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    trials = study.get_trials(deepcopy=False)
+    print(trial_table(trials, space), file=sys.stderr)
+    finished_now = sum(t.state in finished for t in trials)
+    counts = ", ".join(f"{sum(t.state.name == s for t in trials)} {s.lower()}" for s in ("COMPLETE", "PRUNED", "FAIL")
+                       if any(t.state.name == s for t in trials))
+    reached = finished_now >= args.n_trials
+    print(f"fusegen tune: study {args.study_name!r} {'completed' if reached else 'stopped short'}: {counts} "
+          f"({finished_now} of {args.n_trials} finished trials{'' if reached else '; rerun the command to go on'})"
+          + (f"; {len(died)} worker(s) died, their running trials marked failed" if died else ""),
+          file=sys.stderr)
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
         print("fusegen tune: no trial completed; see the errors above", file=sys.stderr)
         return 1
     best = study.best_trial
-    values = {key: space["params"][key]["choices"][v] if space["params"][key]["type"] == "categorical" else v
-              for key, v in best.params.items()}
+    values = best_values(best, space)
     from datamodules.files import atomic_write_text
 
-    best_path = atomic_write_text(study_dir / "best.yaml", yaml.safe_dump(nested(values), sort_keys=False))
+    header = (f"# fusegen tune: best trial {best.number} of study {args.study_name!r}: {space['metric']} = "
+              f"{best.value!r} ({space['direction']}; {len(complete)} complete trials)\n")
+    best_path = atomic_write_text(study_dir / "best.yaml",
+                                  header + yaml.safe_dump(nested(values), sort_keys=False))
     print(f"fusegen tune: best trial {best.number}: {space['metric']} = {best.value:.4g} with {values}\n"
           f"fusegen tune: stack it: fusegen fit {' '.join('--config ' + c for c in args.config)} "
           f"--config {best_path}", file=sys.stderr)
-    return 0 if all(c == 0 for c in codes) else 1
+    return 0 if reached else 1
+
+
+def best_values(trial: Any, space: dict[str, Any]) -> dict[str, Any]:
+    """A trial's values as config values (categorical choices are stored by index)."""
+    return {key: space["params"][key]["choices"][v] if space["params"][key]["type"] == "categorical" else v
+            for key, v in trial.params.items() if key in space["params"]}
+
+
+def worker_death(index: int, pid: int, code: int) -> str | None:
+    """One line for a worker process that did not exit cleanly, or ``None``."""
+    if code == 0:
+        return None
+    if code < 0:
+        try:
+            how = f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            how = f"was killed by signal {-code}"
+    else:
+        how = f"exited with code {code} (its error is printed above)"
+    return f"worker {index} (PID {pid}) {how}; a trial it was running is marked failed once its heartbeat stops"
+
+
+def trial_table(trials: list[Any], space: dict[str, Any]) -> str:
+    """All trials of the study, one row each: number, state, metric, seconds, values."""
+    metric = space["metric"]
+    rows = [("trial", "state", metric, "seconds", "values")]
+    for t in sorted(trials, key=lambda t: t.number):
+        seconds = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and \
+            t.datetime_start else None
+        values = ", ".join(f"{k.split('.')[-1]}={f'{v:.4g}' if isinstance(v, float) else v}"
+                           for k, v in best_values(t, space).items())
+        rows.append((str(t.number), t.state.name.lower(), "" if t.value is None else f"{t.value:.4g}",
+                     "" if seconds is None else f"{seconds:.1f}", values))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4] for r in rows)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import yaml
 
 from experiments.cli import CONFIG_DIR, FusegenCLI, main
 
-SHIPPED = sorted(p for p in CONFIG_DIR.glob("*/*.yaml") if p.parent.name not in {"presets", "benchmarks"})
+SHIPPED = sorted(p for p in CONFIG_DIR.glob("*/*.yaml") if p.parent.name not in {"presets", "benchmarks", "search"})
 QUICK = ["--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
          "--trainer.enable_model_summary", "false"]
 # smaller networks and a smaller one-time metric classifier for the GANs: the wiring is under test here

@@ -166,3 +166,62 @@ def test_storage_url_with_password_is_printed_redacted(in_tmp: Path) -> None:
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode != 0  # nothing listens there (or no driver): the study cannot open
     assert "s3cret" not in out
+
+
+def test_a_dead_worker_is_named_and_a_completed_study_exits_0_with_a_table(in_tmp: Path, capsys,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Worker 1 is killed (SIGKILL) at once; worker 0 finishes the study in-process."""
+    import warnings
+
+    import optuna
+
+    import experiments.tune as tune_module
+
+    real_popen = subprocess.Popen
+
+    def killed_worker(cmd, *args, **kwargs):
+        return real_popen([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"])
+
+    monkeypatch.setattr(tune_module.subprocess, "Popen", killed_worker)
+    search = write_search(in_tmp)
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        code = tune_module.main(["--config", str(SYNTHETIC), "--search", str(search), "--n-trials", "2",
+                                 "--workers", "2", "--study-name", "dead", "--seed", "0", *TINY,
+                                 "--trainer.max_epochs=1", "--trainer.limit_train_batches=1"])
+    err = capsys.readouterr().err
+    assert code == 0, err[-3000:]
+    assert "worker 1 (PID " in err and "was killed by SIGKILL" in err
+    assert "study 'dead' completed: 2 complete (2 of 2 finished trials); 1 worker(s) died" in err
+    assert not [w for w in warned if "args parameter is intended" in str(w.message)]  # once per trial before
+    # the table: a header and one row per trial, with its state, metric value and values
+    trials = study(in_tmp, "dead").get_trials()
+    header = next(line for line in err.splitlines() if line.startswith("trial "))
+    assert "state" in header and "val/acc" in header
+    for t in trials:
+        row = next(line for line in err.splitlines() if line.split()[:2] == [str(t.number), "complete"])
+        assert f"{t.value:.4g}" in row and "lr=" in row and "hidden_dims=" in row
+    # best.yaml records the best value in its header comment and still stacks as a config
+    best = study(in_tmp, "dead").best_trial
+    text = (in_tmp / "runs" / "dead" / "best.yaml").read_text()
+    assert text.startswith(f"# fusegen tune: best trial {best.number} of study 'dead': val/acc = {best.value!r}")
+    assert yaml.safe_load(text)["model"]["init_args"]["optimizer"]["init_args"]["lr"] == \
+        best.params["model.init_args.optimizer.init_args.lr"]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+
+
+def test_the_shipped_search_space_is_valid_and_the_readme_points_at_it(in_tmp: Path) -> None:
+    import re
+
+    from experiments.cli import FusegenCLI
+
+    root = CONFIG_DIR.parent
+    commands = re.findall(r"fusegen tune .*--search (\S+)", (root / "README.md").read_text())
+    assert commands and all((root / path).is_file() for path in commands), commands
+    space = load_search_space(root / "experiments" / "search" / "synthetic-concat.yaml")
+    for pick in (0, -1):  # every key exists in the config it is meant for, at both ends of its range
+        values = {k: p["choices"][pick] if p["type"] == "categorical" else (p["low"], p["high"])[pick]
+                  for k, p in space["params"].items()}
+        cli = FusegenCLI(args=["--config", str(SYNTHETIC), "--trainer.accelerator", "cpu", *as_overrides(values)],
+                         run=False)
+        assert cli.trainer.max_epochs == values["trainer.max_epochs"]
