@@ -38,7 +38,9 @@ from datamodules.checks import DATA, check_int
 from datamodules.files import atomic_write_text, remove_stale_temp_files
 from experiments.callbacks import (
     FiniteGuard,
+    Preemption,
     SafeCheckpointIO,
+    StepSeed,
     checkpoint_safe_globals,
     load_checkpoint_as_data,
     readable,
@@ -429,13 +431,17 @@ def _ints_stay_ints(parser: LightningArgumentParser) -> None:
 
 
 def _keep_reliability_defaults(trainer: Namespace) -> None:
-    """A config that replaces trainer.yaml's ``callbacks`` or ``plugins`` list keeps the NaN stop and
-    the safe checkpoint IO (with their defaults) unless it configures its own."""
+    """A config that replaces trainer.yaml's ``callbacks`` or ``plugins`` list keeps the NaN stop, the
+    per-step seeding, the preemption checkpoint and the safe checkpoint IO (with their defaults) unless it
+    configures its own."""
     callbacks = trainer.callbacks if isinstance(trainer.callbacks, list) else [
         c for c in [trainer.callbacks] if c is not None]
     if not any(_class_of(c) is FiniteGuard for c in callbacks):
         callbacks.insert(0, Namespace(class_path=f"{FiniteGuard.__module__}.FiniteGuard",
                                       init_args=Namespace(check_gradients=True)))
+    for cls in (StepSeed, Preemption):  # exact resume and the preemption checkpoint
+        if not any(_class_of(c) is cls for c in callbacks):
+            callbacks.insert(1, Namespace(class_path=f"{cls.__module__}.{cls.__name__}", init_args=Namespace()))
     trainer.callbacks = callbacks
     plugins = trainer.plugins if isinstance(trainer.plugins, list) else [
         p for p in [trainer.plugins] if p is not None]

@@ -17,7 +17,14 @@ import pytorch_lightning as pl
 import torch
 import yaml
 
-from experiments.callbacks import FiniteGuard, NonFiniteError, SafeCheckpointIO, UnreadableCheckpointError
+from experiments.callbacks import (
+    FiniteGuard,
+    NonFiniteError,
+    Preemption,
+    SafeCheckpointIO,
+    StepSeed,
+    UnreadableCheckpointError,
+)
 from experiments.cli import CONFIG_DIR
 
 SYNTHETIC = CONFIG_DIR / "fusion" / "synthetic-concat.yaml"
@@ -183,7 +190,8 @@ def test_every_run_has_the_guard_and_the_safe_checkpoint_io(override, in_tmp: Pa
         (in_tmp / "own.yaml").write_text(yaml.safe_dump({"trainer": override}))
         args += ["--config", "own.yaml"]
     cli = FusegenCLI(args=args, run=False)
-    assert sum(isinstance(c, FiniteGuard) for c in cli.trainer.callbacks) == 1
+    for cls in (FiniteGuard, StepSeed, Preemption):
+        assert sum(isinstance(c, cls) for c in cli.trainer.callbacks) == 1, cls.__name__
     assert isinstance(cli.trainer.strategy.checkpoint_io, SafeCheckpointIO)
 
 
