@@ -387,9 +387,11 @@ class AVMNISTDataModule(RealDataModule):
             image, label, recording = images[s], labels[s], pairs[s]
             if s == "train" and hp.train_limit is not None:
                 image, label, recording = image[: hp.train_limit], label[: hp.train_limit], recording[: hp.train_limit]
-            if s == "train" and (hp.labels_per_class is not None or hp.label_fraction is not None):
-                keep, rest = label_budget(label, hp.labels_per_class, hp.label_fraction,
-                                          hp.seed if hp.budget_seed is None else hp.budget_seed)
+            # .get: a subclass that saves its own hyperparameters may not take budgets
+            per_class, fraction, budget_seed = (hp.get(k) for k in ("labels_per_class", "label_fraction",
+                                                                      "budget_seed"))
+            if s == "train" and (per_class is not None or fraction is not None):
+                keep, rest = label_budget(label, per_class, fraction, hp.seed if budget_seed is None else budget_seed)
                 keep = torch.from_numpy(keep)
                 self.unlabelled_rows = torch.from_numpy(rest)
                 image, label, recording = image[keep], label[keep], recording[keep]

@@ -23,7 +23,10 @@ SMALL = {"gan": ["--model.init_args.classifier_epochs", "1", "--model.init_args.
                  "--model.init_args.discriminator.init_args.ndf", "8"]}
 # per-config extras: speech-to-digit's condition encoder is another experiment's checkpoint
 # (speech-encoder.yaml); the wiring test runs it with a random frozen encoder instead.
-EXTRA = {"gan/speech-to-digit.yaml": ["--model.init_args.encoder_checkpoint", "null"]}
+EXTRA = {"gan/speech-to-digit.yaml": ["--model.init_args.encoder_checkpoint", "null"],
+         # the few-label configs start from avmnist-clip's checkpoint; wired here from random encoders
+         "ssl/avmnist-finetune-1pct.yaml": ["--model.init_args.init_encoders_from", "null"],
+         "ssl/avmnist-linear-probe-1pct.yaml": ["--model.init_args.init_encoders_from", "null"]}
 HEADS = ["concat", "attention", "gated", "tensor", "lowrank"]
 
 
@@ -50,7 +53,7 @@ def test_every_area_ships_configs():
 def test_print_config_round_trips(config: Path, in_tmp: Path):
     first = print_config(config)
     assert first["experiment"] not in ("", "default")  # names the run folder runs/<experiment>/
-    package = {"fusion": "fusion", "gan": "generative", "rl": "rl"}[config.parent.name]
+    package = {"fusion": "fusion", "gan": "generative", "rl": "rl", "ssl": "fusion"}[config.parent.name]
     if config.stem != "speech-encoder":  # the GAN's condition encoder is a fusion classifier
         assert first["model"]["class_path"].startswith(f"{package}.")
     # the shared trainer.yaml is underneath every experiment
