@@ -295,3 +295,57 @@ def test_ddp_gather_matches_the_global_batch_on_one_process(tmp_path) -> None:
     z_half = {m: v[:8] for m, v in z.items()}
     half, _ = contrastive_loss(z_half, {m: torch.ones(8, dtype=torch.bool) for m in z}, [("a", "b")], scale)
     assert abs(half.item() - loss.item()) > 1e-3
+
+
+# ---------------------------------------------------------------------------------------------- zero-shot
+class TokenEncoder(Configurable, nn.Module):
+    """Embedding bag over token ids: ``{"input_ids", "attention_mask"} -> [B, L, out_dim]``."""
+
+    def __init__(self, vocab: int = 32, out_dim: int = 16) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, out_dim)
+        self.out_dim = out_dim
+
+    def forward(self, x: dict) -> torch.Tensor:
+        return self.embed(x["input_ids"])
+
+
+class CaptionedDigits(pl.LightningDataModule):
+    """Vectors paired with a caption holding the class word (token ``1 + class``) among filler
+    tokens; the datamodule's tokenizer turns the prompt ``w<c>`` into that token."""
+
+    class_names = ["w0", "w1", "w2", "w3"]
+
+    @staticmethod
+    def tokenizer(texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
+        ids = torch.tensor([[1 + int(t[1:])] for t in texts])
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+    def rows(self, n: int, seed: int) -> list[dict]:
+        g = torch.Generator().manual_seed(seed)
+        out = []
+        for r in paired_views(n, seed):
+            ids = torch.randint(5, 32, (4,), generator=g)
+            ids[int(torch.randint(4, (1,), generator=g))] = 1 + int(r["label"])
+            out.append({"image": r["a"], "text": {"input_ids": ids, "attention_mask": torch.ones(4, dtype=torch.long)},
+                        "label": r["label"]})
+        return out
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader([{k: v for k, v in r.items() if k != "label"} for r in self.rows(384, 1)], batch_size=64,
+                          shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.rows(200, 2), batch_size=100)
+
+
+def test_zero_shot_classifies_by_the_nearest_class_prompt() -> None:
+    torch.manual_seed(0)
+    model = ContrastivePretrainer({"image": VectorEncoder(12), "text": TokenEncoder()}, embed_dim=16,
+                                  optimizer=functools.partial(torch.optim.Adam, lr=3e-3))
+    trainer = pl.Trainer(max_epochs=5, **QUIET)
+    trainer.validate(model, datamodule=CaptionedDigits(), verbose=False)
+    before = model.last_metrics["val/zero_shot/image/acc"]
+    trainer.fit(model, datamodule=CaptionedDigits())
+    m = model.last_metrics
+    assert m["val/zero_shot/chance"] < 0.35 and m["val/zero_shot/image/acc"] > 0.7 > before, (before, m)
