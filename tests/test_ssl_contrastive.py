@@ -164,7 +164,7 @@ def pretrained(tmp_path_factory) -> tuple[ContrastivePretrainer, pl.Trainer, Pat
     return model, trainer, root, losses
 
 
-def test_loss_falls_and_retrieval_beats_chance_without_training_labels(pretrained) -> None:
+def test_loss_falls_and_retrieval_beats_chance_without_training_labels(pretrained, tmp_path) -> None:
     model, trainer, root, losses = pretrained
     first, last = sum(losses[:8]) / 8, sum(losses[-8:]) / 8
     assert last < 0.6 * first, (first, last)
@@ -179,7 +179,8 @@ def test_loss_falls_and_retrieval_beats_chance_without_training_labels(pretraine
     assert model.embedding_png == root / "pictures" / "embeddings_val.png" and model.embedding_png.stat().st_size > 5000
     # An untrained model is near chance on the same split: the figures measure learning.
     fresh = make_pretrainer()
-    pl.Trainer(**QUIET).validate(fresh, DataLoader(paired_views(200, seed=2), batch_size=100), verbose=False)
+    val = DataLoader(paired_views(200, seed=2), batch_size=100)
+    pl.Trainer(default_root_dir=tmp_path, **QUIET).validate(fresh, val, verbose=False)
     assert fresh.last_metrics["val/retrieval/a2b/R@1"] < m["val/retrieval/a2b/R@1"] / 3
 
 
@@ -224,7 +225,7 @@ def test_encoders_load_from_a_pretrainer_checkpoint_and_a_save_pretrained_folder
                          init_encoders_from=str(tmp_path / "nope.ckpt")).initialise_encoders()
 
 
-def test_fine_tuned_classifier_learns_from_the_pretrained_encoders(pretrained) -> None:
+def test_fine_tuned_classifier_learns_from_the_pretrained_encoders(pretrained, tmp_path) -> None:
     """A linear probe on the frozen pretrained encoders separates the classes far above chance."""
     model, trainer, root, _ = pretrained
     ckpt = next(root.rglob("last.ckpt"), None) or next(root.rglob("*.ckpt"))
@@ -233,7 +234,7 @@ def test_fine_tuned_classifier_learns_from_the_pretrained_encoders(pretrained) -
                              optimizer=functools.partial(torch.optim.Adam, lr=1e-2))
     train = DataLoader(paired_views(40, seed=5), batch_size=40)  # 10 labels per class
     test = DataLoader(paired_views(400, seed=6), batch_size=400)
-    trainer = pl.Trainer(max_epochs=60, **QUIET)
+    trainer = pl.Trainer(max_epochs=60, default_root_dir=tmp_path, **QUIET)
     trainer.fit(probe, train)
     acc = trainer.test(probe, test, verbose=False)[0]["test/acc"]
     assert acc > 0.7, acc
@@ -339,11 +340,11 @@ class CaptionedDigits(pl.LightningDataModule):
         return DataLoader(self.rows(200, 2), batch_size=100)
 
 
-def test_zero_shot_classifies_by_the_nearest_class_prompt() -> None:
+def test_zero_shot_classifies_by_the_nearest_class_prompt(tmp_path) -> None:
     torch.manual_seed(0)
     model = ContrastivePretrainer({"image": VectorEncoder(12), "text": TokenEncoder()}, embed_dim=16,
                                   optimizer=functools.partial(torch.optim.Adam, lr=3e-3))
-    trainer = pl.Trainer(max_epochs=5, **QUIET)
+    trainer = pl.Trainer(max_epochs=5, default_root_dir=tmp_path, **QUIET)
     trainer.validate(model, datamodule=CaptionedDigits(), verbose=False)
     before = model.last_metrics["val/zero_shot/image/acc"]
     trainer.fit(model, datamodule=CaptionedDigits())
