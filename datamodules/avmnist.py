@@ -17,6 +17,12 @@ The benchmark of CentralNet (Vielzeuf et al., 2018) and MultiBench (Liang et al.
 - audio: ``"spectrogram"`` -> ``[B, 1, 112, 112]`` (see ``datamodules.audio``) or
   ``"waveform"`` -> ``[B, audio_length]`` at 8 kHz; optional additive Gaussian noise with RMS
   ``audio_noise`` x the clip's RMS, drawn per sample from the seed (same noise every epoch);
+- labels: ``label`` (the digit) and ``speaker`` (index into ``speaker_names``, the sorted FSDD
+  speakers: who spoke the paired recording; with ``split="speaker"`` the test speaker is never
+  seen in training, so a speaker task needs ``split="recording"``);
+- label budget: ``labels_per_class`` or ``label_fraction`` keep a seeded, class-stratified subset
+  of the training pairs (``datamodules.budget``); the other rows (``unlabelled_rows``) are for
+  label-free pretraining only, which uses the datamodule without a budget;
 - pairing: within each split and digit, the split's recordings are cycled in a seeded random
   order, so each recording is used about equally often; deterministic from ``seed``.
 
@@ -44,6 +50,7 @@ from safetensors.torch import load_file, save_file
 
 from datamodules.audio import AudioBank, SpectrogramFeatures
 from datamodules.base import DIGIT_NAMES, BatchedDataset, RealDataModule, presence_masks
+from datamodules.budget import check_budget, label_budget
 from datamodules.cache import load_or_build, problem, remove_old_temp_files, repair_warning, write_verified
 from datamodules.paths import cache_dir, resolve_data_root
 from datamodules.sources import download_root, find_fsdd_folder, fsdd_folder, load_mnist, mnist_raw_folder, read_fsdd
@@ -159,9 +166,11 @@ class PairedDigits(BatchedDataset):
     """One split of AV-MNIST: images, the recording paired with each, labels."""
 
     def __init__(self, image: torch.Tensor, recording: torch.Tensor, label: torch.Tensor, *, bank: AudioBank,
-                 stream: int, present: dict[str, torch.Tensor] | None = None) -> None:
+                 stream: int, present: dict[str, torch.Tensor] | None = None,
+                 speaker: torch.Tensor | None = None) -> None:
         self.image, self.recording, self.label, self.bank, self.stream = image, recording, label, bank, stream
         self.present = present  # None: every modality present
+        self.speaker = speaker  # per pair: the speaker of its recording (index into speaker_names)
 
     def __len__(self) -> int:
         return len(self.label)
@@ -178,6 +187,8 @@ class PairedDigits(BatchedDataset):
             "label": self.label[index],
             "present": {m: self.presence(index, m) for m in ("image", "audio")},
         }
+        if self.speaker is not None:
+            batch["speaker"] = self.speaker[index]
         if self.present is not None:  # absent modalities are blanked, so a model cannot peek
             for m in ("image", "audio"):
                 batch[m][~batch["present"][m]] = 0.0
@@ -210,11 +221,15 @@ class AVMNISTDataModule(RealDataModule):
         missing_prob: per-sample probability that each modality is absent (marked False in
             ``present`` and blanked to zeros; never all modalities of a sample), seeded, applied
             to the splits in ``missing_splits`` -- for robustness-to-missing-modality studies.
+        labels_per_class / label_fraction: label budget on the training pairs (one of them):
+            N pairs of every digit, or a fraction of the training pairs, class-stratified and
+            seeded by ``budget_seed`` (default ``seed``); ``unlabelled_rows`` holds the others.
     """
 
     num_classes = 10
     sample_rate = 8000
     modalities = ("image", "audio")
+    label_keys = ("label", "speaker")  # batch keys holding a label (see MultiTaskClassifier)
 
     @property
     def class_names(self) -> list[str]:
@@ -240,8 +255,12 @@ class AVMNISTDataModule(RealDataModule):
         missing_prob: float = 0.0,
         missing_splits: list[str] | None = None,
         val_speaker: str | None = None,
+        labels_per_class: int | None = None,
+        label_fraction: float | None = None,
+        budget_seed: int | None = None,
     ) -> None:
         super().__init__()
+        check_budget(labels_per_class, label_fraction)
         if not 0.0 <= missing_prob < 1.0:
             raise ValueError(f"missing_prob must be in [0, 1), got {missing_prob}")
         bad_splits = set(missing_splits or ()) - set(SPLITS)
@@ -260,6 +279,8 @@ class AVMNISTDataModule(RealDataModule):
         self.arrays: dict[str, torch.Tensor] = {}
         self.meta: dict = {}
         self.pca: dict[str, torch.Tensor] = {}
+        self.speaker_names: list[str] = []
+        self.unlabelled_rows: torch.Tensor = torch.zeros(0, dtype=torch.long)
 
     # -- build / cache ------------------------------------------------------------------------
     def build_key(self) -> str:
@@ -360,15 +381,26 @@ class AVMNISTDataModule(RealDataModule):
         self.bank = AudioBank(a["waveforms"].float(), a["spectrograms"].float(), hp.audio_format, hp.audio_noise,
                               hp.seed)
         images, labels, pairs = self.images(), self.labels(), self.pairings()
+        self.speaker_names = sorted(set(self.meta["rec_speaker"]))
+        rec_speaker = torch.tensor([self.speaker_names.index(p) for p in self.meta["rec_speaker"]], dtype=torch.long)
         for code, s in enumerate(SPLITS):
             image, label, recording = images[s], labels[s], pairs[s]
             if s == "train" and hp.train_limit is not None:
                 image, label, recording = image[: hp.train_limit], label[: hp.train_limit], recording[: hp.train_limit]
+            # .get: a subclass that saves its own hyperparameters may not take budgets
+            per_class, fraction, budget_seed = (hp.get(k) for k in ("labels_per_class", "label_fraction",
+                                                                      "budget_seed"))
+            if s == "train" and (per_class is not None or fraction is not None):
+                keep, rest = label_budget(label, per_class, fraction, hp.seed if budget_seed is None else budget_seed)
+                keep = torch.from_numpy(keep)
+                self.unlabelled_rows = torch.from_numpy(rest)
+                image, label, recording = image[keep], label[keep], recording[keep]
             present = None
             if hp.missing_prob > 0 and s in (hp.missing_splits or SPLITS):
                 present = presence_masks(len(label), self.modalities, hp.missing_prob, [hp.seed, code, 13])
             self.splits[s] = self._make_dataset(s, PairedDigits(image.contiguous(), recording, label,
-                                                                bank=self.bank, stream=code, present=present))
+                                                                bank=self.bank, stream=code, present=present,
+                                                                speaker=rec_speaker[recording]))
 
     def _make_dataset(self, split: str, paired: PairedDigits) -> BatchedDataset:
         """Hook for subclasses that add modalities (see ``TriModalDigitsDataModule``)."""

@@ -4,6 +4,7 @@ Encoders are plain ``nn.Module``s returning ``[B, T, D]`` with ``out_dim``; head
 them (+ a presence mask) to one vector; ``FusionClassifier`` / ``UnimodalClassifier`` train them.
 """
 
+from fusion.contrastive import ContrastivePretrainer
 from fusion.encoders import (
     AudioEncoder,
     Encoder,
@@ -31,6 +32,7 @@ from fusion.heads import (
     masked_mean,
 )
 from fusion.module import FusionClassifier, UnimodalClassifier
+from fusion.multitask import MultiTaskClassifier
 from fusion.prediction import PredictionWriter
 from fusion.pretrained import WeightsUnavailableError, from_pretrained, save_pretrained
 
@@ -38,6 +40,7 @@ __all__ = [
     "AttentionFusion",
     "AudioEncoder",
     "ConcatFusion",
+    "ContrastivePretrainer",
     "Encoder",
     "FusionClassifier",
     "GatedFusion",
@@ -49,6 +52,7 @@ __all__ = [
     "LowRankTensorFusion",
     "MeanFusion",
     "MelCNNAudioEncoder",
+    "MultiTaskClassifier",
     "PretrainedAudioEncoder",
     "RNNEncoder",
     "PredictionWriter",

@@ -73,6 +73,44 @@ def _as_plain(value: Any) -> Any:
     return value
 
 
+def encoder_states_from(path: str | os.PathLike, key: str = "model.init_args.init_encoders_from"
+                        ) -> dict[str, dict[str, torch.Tensor]]:
+    """The encoders' weights in a checkpoint (``last.ckpt``), a ``save_pretrained`` folder or a
+    ``.safetensors`` file: ``{modality: state_dict}`` from the ``encoders.<modality>.*`` entries.
+
+    Read as data only (safetensors, or ``torch.load(weights_only=True)``): a file that would run
+    code is refused. Any model with an ``encoders`` dict qualifies (a ``ContrastivePretrainer``,
+    a ``FusionClassifier``, a ``MultiTaskClassifier``)."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        p = p / "model.safetensors"
+    if not p.is_file():
+        raise FileNotFoundError(f"{key} = {str(path)!r}: no such file (give a checkpoint such as "
+                                "runs/<experiment>/checkpoints/last.ckpt or a save_pretrained folder)")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(p))
+    else:
+        import pickle
+
+        try:
+            state = torch.load(p, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            raise ValueError(f"{key} = {str(path)!r} is not loadable as data (torch.load(weights_only=True) "
+                             f"refused it: {err}); only checkpoints of plain tensors are read") from err
+        state = state.get("state_dict", state) if isinstance(state, dict) else {}
+    groups: dict[str, dict[str, torch.Tensor]] = {}
+    for name, value in state.items():
+        if name.startswith("encoders.") and name.count(".") >= 2:
+            modality, rest = name[len("encoders."):].split(".", 1)
+            groups.setdefault(modality, {})[rest] = value
+    if not groups:
+        raise ValueError(f"{key} = {str(path)!r} holds no encoder weights (no 'encoders.<modality>.*' entries; "
+                         f"it has e.g. {sorted(state)[:5]})")
+    return groups
+
+
 def mlp(in_dim: int, hidden_dims: list[int], out_dim: int, dropout: float) -> nn.Sequential:
     """Dropout-Linear(-ReLU) stack; ``hidden_dims=[]`` is a linear classifier."""
     layers: list[nn.Module] = []
@@ -135,6 +173,11 @@ class FusionClassifier(pl.LightningModule):
             overrides without editing the config.
         strict_modalities: a modality the data provides but no encoder uses is an error at fit
             start instead of a warning.
+        init_encoders_from: start the encoders from the ``encoders.<modality>`` weights of a
+            checkpoint (a ``ContrastivePretrainer``'s ``last.ckpt``) or a ``save_pretrained`` folder,
+            read as data at fit start (a resumed run then restores its own weights over them).
+        freeze_encoders: keep the encoders fixed (no gradients, normalisation statistics frozen):
+            with ``init_encoders_from`` and a linear classifier, a linear probe.
     """
 
     def __init__(
@@ -152,6 +195,8 @@ class FusionClassifier(pl.LightningModule):
         warmup_fraction: float = 0.0,
         unimodal_loss_weight: float = 0.0,
         strict_modalities: bool = False,
+        init_encoders_from: str | None = None,
+        freeze_encoders: bool = False,
     ) -> None:
         super().__init__()
         hidden_dims = list(hidden_dims or [])
@@ -187,6 +232,8 @@ class FusionClassifier(pl.LightningModule):
         self.modality_dropout = modality_dropout
         self.drop_at_test = drop_at_test
         self.strict_modalities = strict_modalities
+        self.init_encoders_from, self.freeze_encoders = init_encoders_from, freeze_encoders
+        self._encoders_initialised = False
         self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
         self.cosine_schedule, self.warmup_fraction = cosine_schedule, warmup_fraction
         metrics = torchmetrics.MetricCollection({
@@ -246,6 +293,8 @@ class FusionClassifier(pl.LightningModule):
         """Compare the model with the data before any step: labels beyond ``num_classes`` and
         modalities without an encoder. Uses the datamodule's ``num_classes``/``modalities`` when it
         has them, else the first batch (see ``_check_batch``)."""
+        if stage == "fit":
+            self.initialise_encoders()
         datamodule = self.trainer.datamodule
         self._pending_batch_checks = {"labels"}
         data_classes = getattr(datamodule, "num_classes", None)
@@ -263,6 +312,32 @@ class FusionClassifier(pl.LightningModule):
             self._pending_batch_checks.add("modalities")
         else:
             self._check_modalities(set(modalities), f"{type(datamodule).__name__}.modalities")
+
+    def initialise_encoders(self) -> None:
+        """Load ``init_encoders_from`` (once per model) and apply ``freeze_encoders``."""
+        if self.init_encoders_from and not self._encoders_initialised:
+            self.load_encoders(self.init_encoders_from)
+        self._encoders_initialised = True
+        if self.freeze_encoders:
+            for enc in self.encoders.values():
+                if hasattr(enc, "freeze"):
+                    enc.freeze()
+                else:
+                    enc.requires_grad_(False).eval()
+
+    def load_encoders(self, path: str | os.PathLike) -> None:
+        """Copy every encoder's weights from ``path`` (see ``encoder_states_from``), strictly."""
+        states = encoder_states_from(path)
+        missing = [m for m in self.encoders if m not in states]
+        if missing:
+            raise ValueError(f"model.init_args.init_encoders_from = {str(path)!r} has encoders for {sorted(states)} "
+                             f"but not for {missing}; the model's encoders are {sorted(self.encoders)}")
+        for m, enc in self.encoders.items():
+            try:
+                enc.load_state_dict(states[m])
+            except RuntimeError as err:
+                raise ValueError(f"model.init_args.init_encoders_from = {str(path)!r}: its {m!r} encoder does not "
+                                 f"fit model.init_args.encoders.{m} ({type(enc).__name__}): {err}") from err
 
     def _check_modalities(self, provided: set[str], source: str) -> None:
         missing = sorted(set(self.encoders) - provided)
@@ -455,10 +530,13 @@ class UnimodalClassifier(FusionClassifier):
         lr_scheduler: LRSchedulerCallable | None = None,
         cosine_schedule: bool = False,
         warmup_fraction: float = 0.0,
+        init_encoders_from: str | None = None,
+        freeze_encoders: bool = False,
     ) -> None:
         super().__init__({modality: encoder}, ConcatFusion, num_classes, hidden_dims=hidden_dims, dropout=dropout,
                          optimizer=optimizer, lr_scheduler=lr_scheduler, cosine_schedule=cosine_schedule,
-                         warmup_fraction=warmup_fraction)
+                         warmup_fraction=warmup_fraction, init_encoders_from=init_encoders_from,
+                         freeze_encoders=freeze_encoders)
         self.modality = modality
 
     @property

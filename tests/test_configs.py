@@ -25,7 +25,10 @@ SMALL = {"gan": ["--model.init_args.metrics.init_args.features.init_args.epochs"
 # per-config extras: speech-to-digit's and image-to-speech's condition encoders are other experiments'
 # checkpoints (speech-encoder.yaml, image-encoder.yaml); the wiring test runs them with a random frozen encoder.
 EXTRA = {"gan/speech-to-digit.yaml": ["--model.init_args.encoder_checkpoint", "null"],
-         "gan/image-to-speech.yaml": ["--model.init_args.encoder_checkpoint", "null"]}
+         "gan/image-to-speech.yaml": ["--model.init_args.encoder_checkpoint", "null"],
+         # the few-label configs start from avmnist-clip's checkpoint; wired here from random encoders
+         "ssl/avmnist-finetune-1pct.yaml": ["--model.init_args.init_encoders_from", "null"],
+         "ssl/avmnist-linear-probe-1pct.yaml": ["--model.init_args.init_encoders_from", "null"]}
 ENCODER_CONFIGS = {"speech-encoder", "image-encoder"}  # fusion classifiers that make a GAN's condition encoder
 HEADS = ["concat", "attention", "gated", "tensor", "lowrank"]
 
@@ -53,7 +56,7 @@ def test_every_area_ships_configs():
 def test_print_config_round_trips(config: Path, in_tmp: Path):
     first = print_config(config)
     assert first["experiment"] not in ("", "default")  # names the run folder runs/<experiment>/
-    package = {"fusion": "fusion", "gan": "generative", "rl": "rl"}[config.parent.name]
+    package = {"fusion": "fusion", "gan": "generative", "rl": "rl", "ssl": "fusion"}[config.parent.name]
     if config.stem not in ENCODER_CONFIGS:  # the GAN's condition encoder is a fusion classifier
         assert first["model"]["class_path"].startswith(f"{package}.")
     # the shared trainer.yaml is underneath every experiment

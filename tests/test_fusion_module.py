@@ -219,7 +219,7 @@ def test_python_built_model_keeps_plain_hyperparameters_and_reloads(tmp_path):
     model = small_model(hidden_dims=[8], dropout=0.2, optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
     assert set(model.hparams) == {"num_classes", "hidden_dims", "dropout", "modality_dropout", "drop_at_test",
                                   "lr_scheduler", "cosine_schedule", "warmup_fraction", "unimodal_loss_weight",
-                                  "strict_modalities"}
+                                  "strict_modalities", "init_encoders_from", "freeze_encoders"}
     assert model.hparams.hidden_dims == [8] and model.hparams.dropout == 0.2
     trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, max_steps=0)
