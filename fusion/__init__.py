@@ -31,6 +31,7 @@ from fusion.heads import (
     masked_mean,
 )
 from fusion.module import FusionClassifier, UnimodalClassifier
+from fusion.nature_cnn import NatureCNNEncoder
 from fusion.prediction import PredictionWriter
 from fusion.pretrained import WeightsUnavailableError, from_pretrained, save_pretrained
 
@@ -49,6 +50,7 @@ __all__ = [
     "LowRankTensorFusion",
     "MeanFusion",
     "MelCNNAudioEncoder",
+    "NatureCNNEncoder",
     "PretrainedAudioEncoder",
     "RNNEncoder",
     "PredictionWriter",
