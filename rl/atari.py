@@ -64,11 +64,15 @@ class AtariPreprocessing(gym.wrappers.AtariPreprocessing):
         return obs[..., None] if self.grayscale_obs and self.grayscale_newaxis else obs
 
 
-def make_atari_env(env_id: str, **kwargs: Any) -> gym.Env:
-    """``gymnasium.make(env_id, frameskip=1, **kwargs)`` -> ``AtariPreprocessing`` -> ``FrameStackObservation(4)``."""
+def make_atari_env(env_id: str, max_episode_steps: int | None = None, **kwargs: Any) -> gym.Env:
+    """``gymnasium.make(env_id, frameskip=1, **kwargs)`` -> ``AtariPreprocessing`` ->
+    ``FrameStackObservation(4)``; ``max_episode_steps`` counts agent steps (4 frames each), as
+    EnvPool's does (v5's own limit is 108,000 frames)."""
     env = gym.make(env_id, frameskip=1, **kwargs)  # AtariPreprocessing skips (and max-pools) the frames
     env = AtariPreprocessing(env, noop_max=NOOP_MAX, frame_skip=FRAME_SKIP, screen_size=SCREEN_SIZE,
                              terminal_on_life_loss=False, grayscale_obs=True, scale_obs=False)
+    if max_episode_steps is not None:
+        env = gym.wrappers.TimeLimit(env, max_episode_steps)
     return gym.wrappers.FrameStackObservation(env, STACK)
 
 
@@ -79,11 +83,12 @@ def envpool_atari_kwargs(env_kwargs: dict[str, Any] | None) -> dict[str, Any]:
     out = {"frame_skip": FRAME_SKIP, "noop_max": NOOP_MAX, "img_height": SCREEN_SIZE, "img_width": SCREEN_SIZE,
            "stack_num": STACK, "gray_scale": True, "episodic_life": False, "reward_clip": False,
            "use_fire_reset": False, "repeat_action_probability": kwargs.pop("repeat_action_probability", 0.25)}
-    if "full_action_space" in kwargs:
-        out["full_action_space"] = kwargs.pop("full_action_space")
+    for key in ("full_action_space", "max_episode_steps"):
+        if key in kwargs:
+            out[key] = kwargs.pop(key)
     if kwargs:
         raise ValueError(f"env_kwargs {sorted(kwargs)} have no EnvPool equivalent; supported on envpool for Atari: "
-                         f"repeat_action_probability, full_action_space")
+                         f"repeat_action_probability, full_action_space, max_episode_steps")
     return out
 
 

@@ -47,10 +47,10 @@ def register_known_envs() -> None:
     if any(i.startswith("ALE/") for i in gym.registry):
         return
     try:
-        import ale_py
+        from ale_py.registration import register_v5_envs
     except ImportError:
         return
-    gym.register_envs(ale_py)
+    register_v5_envs()  # importing ale_py registers them too, but only the first time
 
 
 def _extra_for(env_id: str) -> tuple[str, str] | None:

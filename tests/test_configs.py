@@ -23,7 +23,10 @@ SMALL = {"gan": ["--model.init_args.classifier_epochs", "1", "--model.init_args.
                  "--model.init_args.discriminator.init_args.ndf", "8"]}
 # per-config extras: speech-to-digit's condition encoder is another experiment's checkpoint
 # (speech-encoder.yaml); the wiring test runs it with a random frozen encoder instead.
-EXTRA = {"gan/speech-to-digit.yaml": ["--model.init_args.encoder_checkpoint", "null"]}
+EXTRA = {"gan/speech-to-digit.yaml": ["--model.init_args.encoder_checkpoint", "null"],
+         # an untrained greedy Breakout agent may never serve: cap the evaluation episodes
+         "rl/ppo-breakout.yaml": ["--model.init_args.env_kwargs", "{max_episode_steps: 100}",
+                                  "--model.init_args.n_steps", "16"]}
 HEADS = ["concat", "attention", "gated", "tensor", "lowrank"]
 
 
