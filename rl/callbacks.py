@@ -36,7 +36,10 @@ class LearningCurve(pl.Callback):
         fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
         if history["train"]:
             ax.plot([p.env_steps for p in history["train"]], [p.mean_return for p in history["train"]],
-                    color="tab:blue", alpha=0.5, lw=1, label="training episodes (mean per update)")
+                    color="tab:blue", alpha=0.35, lw=1, label="training episodes (mean per update)")
+        if history.get("last100"):
+            ax.plot([p.env_steps for p in history["last100"]], [p.mean_return for p in history["last100"]],
+                    color="tab:blue", lw=2, label="training episodes (mean of the last 100)")
         if history["eval"]:
             ax.plot([p.env_steps for p in history["eval"]], [p.mean_return for p in history["eval"]],
                     "o-", color="tab:red", ms=3, label="evaluation (deterministic, mean)")
