@@ -33,6 +33,7 @@ from fusion.heads import (
 )
 from fusion.module import FusionClassifier, UnimodalClassifier
 from fusion.multitask import MultiTaskClassifier
+from fusion.nature_cnn import NatureCNNEncoder
 from fusion.prediction import PredictionWriter
 from fusion.pretrained import WeightsUnavailableError, from_pretrained, save_pretrained
 
@@ -53,6 +54,7 @@ __all__ = [
     "MeanFusion",
     "MelCNNAudioEncoder",
     "MultiTaskClassifier",
+    "NatureCNNEncoder",
     "PretrainedAudioEncoder",
     "RNNEncoder",
     "PredictionWriter",

@@ -1,9 +1,15 @@
-"""Gymnasium environments for the agents: checked ids and spaces, vectorised, with episode
-statistics and optional observation/reward normalisation (gymnasium's own vector wrappers).
+"""Gymnasium environments for the agents: checked ids and spaces, vectorised by one of three
+backends, with episode statistics and optional observation/reward normalisation (gymnasium's own
+vector wrappers, applied alike on every backend).
 
-The vector env keeps gymnasium 1.x's default *next-step* autoreset: the step that ends an
-episode returns its final observation, and the following step of that sub-env ignores the
-action and returns the reset observation with reward 0. ``rl.rollout`` masks those reset steps.
+Backends (``vector_backend``): ``sync`` (``SyncVectorEnv``, envs stepped in turn), ``async``
+(``AsyncVectorEnv``, one subprocess per env) and ``envpool`` (EnvPool's C++ thread pool, same ids
+as gymnasium for MuJoCo and ``ALE/...`` Atari). All keep gymnasium 1.x's *next-step* autoreset:
+the step that ends an episode returns its final observation, and the following step of that
+sub-env ignores the action and returns the reset observation with reward 0. ``rl.rollout``
+masks those reset steps.
+
+Atari ids (``ALE/<Game>-v5``) get the standard preprocessing on every backend (``rl.atari``).
 """
 
 from __future__ import annotations
@@ -17,6 +23,41 @@ import numpy as np
 from gymnasium.wrappers import vector as vw
 
 SUPPORTED_SPACES = "Discrete, or a 1-D Box (continuous actions)"
+BACKENDS = ("sync", "async", "envpool")
+# env families that need a package gymnasium does not install: (id test, pip package, what it is)
+EXTRAS = (
+    (lambda i: i.startswith("ALE/"), "ale-py", "Atari (ALE)"),
+    (lambda i: i.split("-")[0] in {"HalfCheetah", "Hopper", "Walker2d", "Ant", "Humanoid", "HumanoidStandup",
+                                   "Swimmer", "Reacher", "Pusher", "InvertedPendulum", "InvertedDoublePendulum"},
+     "mujoco", "MuJoCo"),
+    (lambda i: i.split("-")[0] in {"LunarLander", "LunarLanderContinuous", "BipedalWalker",
+                                   "BipedalWalkerHardcore", "CarRacing"}, "box2d", "Box2D"),
+)
+INSTALL_HINT = "pip install 'fusegen[rl]' (the rl extra: gymnasium[mujoco], ale-py, envpool, box2d) or pip install {}"
+
+
+def missing_extra(package: str, what: str, err: BaseException | str) -> ImportError:
+    """The error for an env family whose package is not installed: names the pip package and the extra."""
+    return ImportError(f"{what} environments need the {package!r} package, which is not installed or failed to "
+                       f"import ({err}). Install it: {INSTALL_HINT.format(package)}")
+
+
+def register_known_envs() -> None:
+    """Register the namespaces of installed extras (``ale_py``'s ``ALE/...`` ids), once."""
+    if any(i.startswith("ALE/") for i in gym.registry):
+        return
+    try:
+        from ale_py.registration import register_v5_envs
+    except ImportError:
+        return
+    register_v5_envs()  # importing ale_py registers them too, but only the first time
+
+
+def _extra_for(env_id: str) -> tuple[str, str] | None:
+    for test, package, what in EXTRAS:
+        if test(env_id):
+            return package, what
+    return None
 
 
 def _registered_ids() -> list[str]:
@@ -34,8 +75,15 @@ def check_env_id(env_id: str) -> None:
             importlib.import_module(module)
         except ImportError as err:
             raise ValueError(f"env_id {module + ':' + env_id!r}: cannot import module {module!r} ({err})") from err
+    register_known_envs()
     if env_id in gym.registry:
         return
+    extra = _extra_for(env_id)
+    if extra is not None and extra[0] == "ale-py":
+        try:
+            import ale_py  # noqa: F401
+        except ImportError as err:
+            raise missing_extra(*extra, err) from None
     close = difflib.get_close_matches(env_id, _registered_ids(), n=5, cutoff=0.5)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     raise ValueError(f"env_id {env_id!r} is not a registered gymnasium environment.{hint} "
@@ -91,36 +139,77 @@ def make_env(env_id: str, env_kwargs: dict[str, Any] | None = None,
     kwargs = dict(env_kwargs or {})
     if render_mode is not None:
         kwargs["render_mode"] = render_mode
-    env = gym.make(env_id, **kwargs)
+    if is_atari(env_id):
+        from rl.atari import make_atari_env
+
+        env = _make_or_name_extra(make_atari_env, env_id, kwargs)
+    else:
+        env = _make_or_name_extra(gym.make, env_id, kwargs)
     for cls, init_args in resolve_wrappers(wrappers):
         env = cls(env, **init_args)
     return env
 
 
+def is_atari(env_id: str) -> bool:
+    return env_id.startswith("ALE/")
+
+
+def _make_or_name_extra(make: Any, env_id: str, kwargs: dict[str, Any]) -> gym.Env:
+    try:
+        return make(env_id, **kwargs)
+    except (gym.error.DependencyNotInstalled, ImportError) as err:
+        extra = _extra_for(env_id)
+        if extra is None:
+            raise
+        raise missing_extra(*extra, err) from None
+
+
 def make_vec_env(env_id: str, num_envs: int, *, seed: int | None = None, normalize_obs: bool = False,
                  normalize_reward: bool = False, gamma: float = 0.99, env_kwargs: dict[str, Any] | None = None,
                  record_stats: bool = True, asynchronous: bool = False,
-                 wrappers: Sequence[str | dict[str, Any]] | None = None) -> gym.vector.VectorEnv:
-    """``SyncVectorEnv`` (or ``AsyncVectorEnv``: one process per env, for slow simulators) of
-    ``num_envs`` copies of ``make_env(env_id, env_kwargs, wrappers)``.
+                 wrappers: Sequence[str | dict[str, Any]] | None = None, backend: str = "sync",
+                 training: bool = False, norm_clip: float | None = None) -> gym.vector.VectorEnv:
+    """``num_envs`` copies of ``make_env(env_id, env_kwargs, wrappers)`` stepped by ``backend``
+    (``sync``, ``async`` = ``asynchronous=True``: one process per env, or ``envpool``).
 
-    Wrapper order matters: episode statistics sit *inside* the normalisers so logged returns are
-    the true (unnormalised) ones; continuous actions are clipped to the bounds inside the env, so
-    the agent's log-probabilities stay those of the unclipped Gaussian sample.
+    Wrapper order matters: episode statistics sit *inside* the normalisers (and Atari's
+    training-only life-loss terminals and reward clipping) so logged returns are the true game
+    scores; continuous actions are clipped to the bounds inside the env, so the agent's
+    log-probabilities stay those of the unclipped Gaussian sample. ``norm_clip`` clips normalised
+    observations and rewards to ``[-norm_clip, norm_clip]`` (CleanRL/SB3's 10).
     """
+    if backend not in BACKENDS:
+        raise ValueError(f"vector_backend {backend!r} is not supported; use one of {', '.join(BACKENDS)}")
+    backend = "async" if asynchronous else backend
     check_env_id(env_id)
     resolve_wrappers(wrappers)  # fail here, not inside a worker process
-    vector_cls = gym.vector.AsyncVectorEnv if asynchronous else gym.vector.SyncVectorEnv
-    envs = vector_cls([lambda: make_env(env_id, env_kwargs, wrappers) for _ in range(num_envs)])
+    if backend == "envpool":
+        from rl.envpool import EnvPoolVectorEnv
+
+        if wrappers:
+            raise ValueError(f"vector_backend 'envpool' runs {env_id!r} in C++ and cannot apply the gymnasium "
+                             f"wrappers {list(wrappers)}; use vector_backend 'sync' or 'async' with wrappers")
+        envs = EnvPoolVectorEnv(env_id, num_envs, seed=seed, env_kwargs=env_kwargs)
+    else:
+        vector_cls = gym.vector.AsyncVectorEnv if backend == "async" else gym.vector.SyncVectorEnv
+        envs = vector_cls([lambda: make_env(env_id, env_kwargs, wrappers) for _ in range(num_envs)])
     check_action_space(envs.single_action_space, env_id)
     if isinstance(envs.single_action_space, gym.spaces.Box):
         envs = vw.ClipAction(envs)
     if record_stats:
         envs = vw.RecordEpisodeStatistics(envs)
+    if training and is_atari(env_id):
+        from rl.atari import atari_training_wrappers
+
+        envs = atari_training_wrappers(envs)
     if normalize_obs:
         envs = vw.NormalizeObservation(envs)
+        if norm_clip is not None:
+            envs = vw.TransformObservation(envs, lambda obs: np.clip(obs, -norm_clip, norm_clip))
     if normalize_reward:
         envs = vw.NormalizeReward(envs, gamma=gamma)
+        if norm_clip is not None:
+            envs = vw.TransformReward(envs, lambda reward: np.clip(reward, -norm_clip, norm_clip))
     if seed is not None:
         envs.action_space.seed(seed)
     return envs

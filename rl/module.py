@@ -1,10 +1,11 @@
-"""Policy-gradient agents as LightningModules: ``REINFORCE``, ``A2C`` and ``PPO``.
+"""Policy-gradient agents as LightningModules (the learners): ``REINFORCE``, ``A2C`` and ``PPO``.
 
-They share everything but the loss: a vector env and a ``RolloutCollector`` (``rl.rollout``),
-rollouts fed to the Trainer by a ``RolloutDataset`` (``rl.data``), one update per rollout
-(``n_epochs`` passes of minibatches, manual optimisation), deterministic evaluation episodes as
-the validation and test steps, episodes with a video as the predict step, and a learning-curve
-PNG at the end of fit (``rl.callbacks``). The loss terms are the pure functions of ``rl.losses``.
+A learner reads as CleanRL's ``ppo.py``: rollout -> advantages -> ``n_epochs`` of minibatches
+-> the paper-named losses of ``rl.losses`` (manual optimisation, one update per rollout). The
+envs are the runner's (``rl.runner.EnvRunner``: vector env and collector, evaluation episodes,
+``predict(obs)``); rollouts reach the Trainer through a ``RolloutDataset`` (``rl.data``);
+evaluation episodes are the validation and test steps; the learning-curve PNG and the predict
+episodes' CSV and video are callbacks (``rl.callbacks``).
 
 Checkpoints carry the env-step counter, the observation/reward normalisation statistics and
 the learning-curve history next to the weights and optimiser state, so ``--ckpt_path last``
@@ -13,12 +14,10 @@ continues a run where it stopped.
 
 from __future__ import annotations
 
-import csv
-import io
 import math
-import os
 import time
 import warnings
+from collections import deque
 from typing import Any, Callable, NamedTuple
 
 import gymnasium as gym
@@ -31,21 +30,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from datamodules.checks import MODEL as KEY
-from datamodules.checks import check_int, check_real, check_value
-from datamodules.files import atomic_write_text
-from fusion.artifacts import PREDICTIONS, artifact_dir
-from rl.callbacks import LearningCurve
+from datamodules.checks import check_choice, check_int, check_real, check_value
+from rl.callbacks import EpisodeWriter, LearningCurve
 from rl.data import RolloutDataset
-from rl.envs import (
-    check_action_space,
-    check_env_id,
-    load_normalization_state,
-    make_env,
-    make_vec_env,
-    normalization_state,
-    obs_normalizer,
-    resolve_wrappers,
-)
+from rl.envs import BACKENDS, check_action_space, check_env_id, make_env, resolve_wrappers
 from rl.losses import (
     actor_critic_loss,
     approx_kl,
@@ -60,11 +48,11 @@ from rl.losses import (
     value_loss,
 )
 from rl.networks import ActorCritic
-from rl.rollout import RolloutCollector, evaluate_policy
-from rl.video import write_video
+from rl.rollout import RolloutCollector
+from rl.runner import EnvRunner
 
 PolicyFactory = Callable[[gym.Space, gym.Space], nn.Module]
-OBS_NORM_EPS = 1e-8  # gymnasium NormalizeObservation's default epsilon
+RECENT = 100  # training episodes in the field's "mean return over the last 100 episodes"
 RUN_OPTIONS = ("test_episodes", "predict_episodes", "predict_deterministic", "predict_video", "video_fps")
 
 __all__ = ["A2C", "PPO", "REINFORCE", "PolicyGradient", "CurvePoint", "explained_variance"]
@@ -102,13 +90,17 @@ class PolicyGradient(pl.LightningModule):
         normalize_advantage: standardise advantages per minibatch.
         anneal_lr: decay every param group's LR linearly to 0 over ``total_timesteps``.
         normalize_obs / normalize_reward: gymnasium running-mean/std wrappers (saved in checkpoints).
+        norm_clip: clip normalised observations and rewards to ``[-norm_clip, norm_clip]`` (None = off).
         eval_every_steps: env steps per Lightning epoch; each epoch ends with ``n_eval_episodes``
             deterministic (greedy / mean-action) evaluation episodes on a separate env (also what
             ``fusegen validate`` and ``fusegen test`` run).
         target_return: stop once the mean evaluation return reaches it (None = never).
         seed: env seed (None = the torch seed set by ``seed_everything``).
         num_threads: torch CPU threads while fitting (tiny MLPs run fastest on 1); None = leave.
-        async_envs: step the training envs in subprocesses (``AsyncVectorEnv``) instead of in turn.
+        vector_backend: how the training envs are stepped: ``sync`` (in turn), ``async``
+            (subprocesses, ``AsyncVectorEnv``) or ``envpool`` (C++ threads; Atari and MuJoCo ids).
+            Episode statistics and autoreset are the same on all three (``rl.envs``).
+        async_envs: shorthand for ``vector_backend: async``.
         test_episodes: episodes per rank of ``fusegen test`` (None = ``n_eval_episodes``).
         predict_episodes / predict_deterministic / predict_video / video_fps: ``fusegen predict``
             runs this many episodes (greedy by default), writes their returns to
@@ -126,6 +118,7 @@ class PolicyGradient(pl.LightningModule):
                  n_eval_episodes: int = 10, target_return: float | None = None, seed: int | None = None,
                  num_threads: int | None = 1, env_kwargs: dict[str, Any] | None = None,
                  wrappers: list[dict[str, Any]] | None = None, async_envs: bool = False,
+                 vector_backend: str = "sync", norm_clip: float | None = None,
                  test_episodes: int | None = None, predict_episodes: int = 10, predict_deterministic: bool = True,
                  predict_video: bool = True, video_fps: float | None = None) -> None:
         super().__init__()
@@ -146,20 +139,19 @@ class PolicyGradient(pl.LightningModule):
         self.env_steps = 0  # this rank's env steps (drives the budget, the annealing and the env seeds)
         self.total_env_steps = 0  # all ranks' env steps (what is logged and plotted)
         self.num_updates = 0
-        self.history: dict[str, list[CurvePoint]] = {"train": [], "eval": []}
+        # train: mean return of the episodes of each update; last100: of the last RECENT episodes
+        # per rank (CleanRL's figure); eval: deterministic evaluation rounds
+        self.history: dict[str, list[CurvePoint]] = {"train": [], "last100": [], "eval": []}
+        self.recent_returns: deque[float] = deque(maxlen=RECENT)
         self.wall_time = 0.0  # training seconds, evaluation excluded (the learning-curve x-axis twin)
         self.learning_curve_path: str | None = None
-        self.predictions_path: str | None = None
+        self.predictions_path: str | None = None  # set by rl.callbacks.EpisodeWriter
         self.video_path: str | None = None
-        self._collector: RolloutCollector | None = None
-        self._eval_envs: gym.vector.VectorEnv | None = None
-        self._pending_norm: dict[str, Any] | None = None
+        self.runner = EnvRunner(self.hparams, self.observation_space, self.action_space)
         self._saved_threads: int | None = None
         self._fitting = False
         self._eval_time = 0.0
         self._window = [0.0, 0, 0.0]  # episodes since the last log: sum of returns, count, sum of lengths
-        self._predictions: list[tuple[int, float, int]] = []
-        self._render_fps = 30.0
 
     def check_hparams(self) -> None:
         """Every argument checked before any env is built; errors name the config key."""
@@ -183,6 +175,8 @@ class PolicyGradient(pl.LightningModule):
         check_real("target_return", h.target_return, optional=True, none_means="never stop early")
         check_real("video_fps", self.run_options["video_fps"], 0.0, low_open=True, optional=True,
                    none_means="the env's render_fps")
+        check_choice("vector_backend", h.vector_backend, BACKENDS)
+        check_real("norm_clip", h.norm_clip, 0.0, low_open=True, optional=True, none_means="no clipping")
         if h.env_kwargs is not None and not isinstance(h.env_kwargs, dict):
             check_value("env_kwargs", h.env_kwargs, False, "a mapping of gymnasium.make keyword arguments")
 
@@ -217,7 +211,7 @@ class PolicyGradient(pl.LightningModule):
     def extra_metrics(self) -> dict[str, float]:
         return {}
 
-    # ---- envs ----------------------------------------------------------------------------
+    # ---- envs (rl.runner) ----------------------------------------------------------------------
     def _seed(self) -> int:
         seed = self.hparams.seed if self.hparams.seed is not None else torch.initial_seed() % 2**31
         # a resumed run must not replay the episodes it has already seen
@@ -225,17 +219,7 @@ class PolicyGradient(pl.LightningModule):
 
     @property
     def collector(self) -> RolloutCollector:
-        if self._collector is None:
-            h = self.hparams
-            envs = make_vec_env(h.env_id, h.num_envs, seed=self._seed(), normalize_obs=h.normalize_obs,
-                                normalize_reward=h.normalize_reward, gamma=h.gamma, env_kwargs=h.env_kwargs,
-                                asynchronous=h.async_envs, wrappers=h.wrappers)
-            if self._pending_norm:
-                load_normalization_state(envs, self._pending_norm)
-                self._pending_norm = None
-            self._collector = RolloutCollector(envs, h.n_steps, h.gamma, h.gae_lambda, self.device, self._seed())
-            self._collector.env_steps = self.env_steps
-        return self._collector
+        return self.runner.collector(self._seed(), self.device, self.env_steps)
 
     def collect_rollout(self) -> dict[str, torch.Tensor]:
         self.policy.eval()
@@ -244,84 +228,21 @@ class PolicyGradient(pl.LightningModule):
         batch["update"] = torch.tensor(self.num_updates)  # guards against collecting with a stale policy
         return batch
 
-    def _obs_stats(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """The frozen training observation statistics (mean, var), if the agent normalises observations."""
-        if self._collector is not None:
-            norm = obs_normalizer(self._collector.envs)
-            return None if norm is None else (norm.obs_rms.mean, norm.obs_rms.var)
-        if self._pending_norm and "obs_rms" in self._pending_norm:  # loaded from a checkpoint
-            state = self._pending_norm["obs_rms"]
-            return np.asarray(state["mean"]), np.asarray(state["var"])
-        return None  # untrained: NormalizeObservation starts at mean 0, var 1, i.e. (almost) the identity
-
-    def normalize_observation(self, obs: np.ndarray) -> np.ndarray:
-        """Apply the frozen training observation normalisation (evaluation never updates it)."""
-        stats = self._obs_stats()
-        if stats is None:
-            return obs
-        mean, var = stats
-        return (obs - mean) / np.sqrt(var + OBS_NORM_EPS)
-
     def evaluate(self, n_episodes: int | None = None, deterministic: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Returns and lengths of ``n_episodes`` evaluation episodes on a separate env (this rank)."""
-        h = self.hparams
-        n = n_episodes or h.n_eval_episodes
-        if self._eval_envs is None or self._eval_envs.num_envs != min(n, 16):
-            self._eval_envs = make_vec_env(h.env_id, min(n, 16), env_kwargs=h.env_kwargs, wrappers=h.wrappers,
-                                           record_stats=False)
-            seed = self._seed() + 10_000
-        else:
-            seed = None  # continue the eval env's RNG: fresh start states every evaluation
-        self.policy.eval()
-        return evaluate_policy(self.policy, self._eval_envs, n, deterministic, self.normalize_observation, self.device,
-                               seed)
+        return self.runner.evaluate(self.policy, n_episodes or self.hparams.n_eval_episodes, self._seed() + 10_000,
+                                    self.device, deterministic)
 
-    @torch.no_grad()
     def predict(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
         """The policy's action for ``obs`` (one observation or a batch), as numpy, for a user's own
         loop: the frozen observation normalisation is applied and Box actions are clipped to the bounds."""
-        obs = np.asarray(obs)
-        single = obs.shape == self.observation_space.shape
-        batch = obs[None] if single else obs
-        if batch.shape[1:] != self.observation_space.shape:
-            shape = self.observation_space.shape
-            raise ValueError(f"observation shape {obs.shape} does not match the env's observation space: expected "
-                             f"{shape} (one observation) or [B, *{shape}] (a batch)")
-        was_training = self.policy.training
-        self.policy.eval()
-        x = torch.as_tensor(self.normalize_observation(batch), dtype=torch.float32, device=self.device)
-        action = self.policy.act(x, deterministic=deterministic)[0].cpu().numpy()
-        self.policy.train(was_training)
-        if isinstance(self.action_space, gym.spaces.Box):
-            action = np.clip(action, self.action_space.low, self.action_space.high)
-        return action[0] if single else action
+        return self.runner.predict(self.policy, obs, self.device, deterministic)
 
     def run_episode(self, seed: int | None = None, deterministic: bool = True, render: bool = False
                     ) -> tuple[float, int, list[np.ndarray]]:
         """One episode on a fresh single env: ``(return, length, frames)`` (frames only if ``render``)."""
-        h = self.hparams
-        if render:
-            os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")  # pygame's greeting is noise in a CLI
-            if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-                os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # headless: rgb_array needs no window
-        env = make_env(h.env_id, h.env_kwargs, h.wrappers, render_mode="rgb_array" if render else None)
-        self._render_fps = float(self.run_options["video_fps"] or env.metadata.get("render_fps") or 30)
-        if isinstance(env.action_space, gym.spaces.Box):
-            env = gym.wrappers.ClipAction(env)
-        frames: list[np.ndarray] = []
-        try:
-            obs, _ = env.reset(seed=seed)
-            if render:
-                frames.append(env.render())
-            total, length, done = 0.0, 0, False
-            while not done:
-                obs, reward, terminated, truncated, _ = env.step(self.predict(obs, deterministic))
-                total, length, done = total + float(reward), length + 1, terminated or truncated
-                if render:
-                    frames.append(env.render())
-        finally:
-            env.close()
-        return total, length, frames
+        return self.runner.run_episode(lambda obs: self.predict(obs, deterministic), seed, render,
+                                       self.run_options["video_fps"])
 
     # ---- across ranks ------------------------------------------------------------------------
     def _sum_over_ranks(self, *values: float) -> list[float]:
@@ -356,7 +277,7 @@ class PolicyGradient(pl.LightningModule):
         return optimizer
 
     def configure_callbacks(self) -> list[pl.Callback]:
-        return [LearningCurve()]
+        return [LearningCurve(), EpisodeWriter()]
 
     def setup(self, stage: str) -> None:
         on_cpu = isinstance(self.trainer.accelerator, CPUAccelerator)  # the module is not on its device yet
@@ -379,8 +300,7 @@ class PolicyGradient(pl.LightningModule):
 
     def on_fit_end(self) -> None:
         self._fitting = False
-        if self.hparams.async_envs and self._collector is not None:
-            self._collector.envs.close()  # stop the worker processes (statistics stay readable)
+        self.runner.close()
 
     def _update_wall_time(self) -> None:
         self.wall_time = self._wall0 + time.perf_counter() - self._t0 - self._eval_time
@@ -428,10 +348,14 @@ class PolicyGradient(pl.LightningModule):
     def _log_update(self, batch: dict[str, torch.Tensor], stats: dict[str, list[torch.Tensor]]) -> None:
         self._update_wall_time()
         returns, lengths = self.collector.pop_episodes()
-        steps, ret_sum, n_eps, len_sum = self._sum_over_ranks(self.env_steps, sum(returns), len(returns), sum(lengths))
+        self.recent_returns.extend(returns)
+        recent = self.recent_returns
+        steps, ret_sum, n_eps, len_sum, recent_sum, n_recent = self._sum_over_ranks(
+            self.env_steps, sum(returns), len(returns), sum(lengths), sum(recent), len(recent))
         self.total_env_steps = int(steps)
         if n_eps:
             self.history["train"].append(CurvePoint(self.total_env_steps, ret_sum / n_eps, self.wall_time))
+            self.history["last100"].append(CurvePoint(self.total_env_steps, recent_sum / n_recent, self.wall_time))
             self._window = [self._window[0] + ret_sum, self._window[1] + int(n_eps), self._window[2] + len_sum]
         if not self.should_log():
             return
@@ -447,6 +371,8 @@ class PolicyGradient(pl.LightningModule):
             self.log("return", metrics["train/episode_return"], prog_bar=True, on_step=True, on_epoch=False,
                      batch_size=1, logger=False)
             self._window = [0.0, 0, 0.0]
+        if n_recent:
+            metrics[f"train/episode_return_last{RECENT}"] = recent_sum / n_recent
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1)
 
     def _evaluate_all_ranks(self, n_episodes: int | None = None) -> tuple[float, float, float]:
@@ -471,8 +397,13 @@ class PolicyGradient(pl.LightningModule):
         self.log_dict({"val/return": mean, "val/return_std": std, "val/episode_length": length,
                        "val/env_steps": float(self.total_env_steps)}, batch_size=1, sync_dist=True)
         self.log("val_return", mean, prog_bar=True, logger=False, batch_size=1, sync_dist=True)
-        if self._fitting and self.hparams.target_return is not None and mean >= self.hparams.target_return:
+        target = self.hparams.target_return
+        if self._fitting and target is not None and mean >= target and not self.trainer.should_stop:
             self.trainer.should_stop = True  # the same decision on every rank: the mean is global
+            if self.trainer.is_global_zero:
+                print(f"{type(self).__name__}: stopping at {self.total_env_steps} env steps: the mean evaluation "
+                      f"return {mean:.1f} reached target_return {target:g} (model.init_args.target_return; "
+                      f"null trains the whole total_timesteps)")
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         mean, std, length = self._evaluate_all_ranks(self.run_options["test_episodes"])
@@ -486,12 +417,10 @@ class PolicyGradient(pl.LightningModule):
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.policy(obs)
 
-    # ---- predict: episodes as files ------------------------------------------------------------
-    def on_predict_epoch_start(self) -> None:
-        self._predictions = []
-        self.video_path = None
-
-    def predict_step(self, batch: Any, batch_idx: int) -> dict[str, float]:
+    # ---- predict: one item = one episode; rl.callbacks.EpisodeWriter writes the files -------------
+    def predict_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
+        """Episode ``batch`` (greedy unless ``predict_deterministic`` is false): its return, length
+        and, for episode 0 when ``predict_video``, its frames."""
         h, options = self.hparams, self.run_options
         episode = int(batch)
         record = episode == 0 and options["predict_video"]
@@ -503,43 +432,17 @@ class PolicyGradient(pl.LightningModule):
             warnings.warn(f"no video of episode 0: rendering {h.env_id} failed ({err}); writing returns only",
                           stacklevel=2)
             ret, length, frames = self.run_episode(seed, deterministic, render=False)
-        if frames:
-            path = artifact_dir(self.trainer, PREDICTIONS) / "episode_0.mp4"
-            self.video_path = str(write_video(frames, path, fps=self._render_fps))
-        self._predictions.append((episode, ret, length))
-        return {"episode": episode, "return": ret, "length": length}
-
-    def on_predict_epoch_end(self) -> None:
-        rows = torch.tensor(self._predictions, dtype=torch.float64, device=self.device).reshape(-1, 3)
-        if self.trainer.world_size > 1:
-            # Lightning's predict sampler does not pad: ranks hold up to ceil(n / world_size)
-            # episodes, and all_gather needs one shape, so pad with episode -1 rows
-            per_rank = math.ceil(self.run_options["predict_episodes"] / self.trainer.world_size)
-            padding = torch.full((per_rank - len(rows), 3), -1.0, dtype=rows.dtype, device=rows.device)
-            rows = self.all_gather(torch.cat([rows, padding])).reshape(-1, 3)
-        if not self.trainer.is_global_zero:
-            return
-        unique = {int(e): (float(r), int(n)) for e, r, n in rows.tolist() if e >= 0}
-        text = io.StringIO()
-        writer = csv.writer(text, lineterminator="\n")
-        writer.writerow(["episode", "return", "length"])
-        for e in sorted(unique):
-            writer.writerow([e, repr(unique[e][0]), unique[e][1]])
-        path = artifact_dir(self.trainer, PREDICTIONS) / "episodes.csv"
-        atomic_write_text(path, text.getvalue())
-        self.predictions_path = str(path)
-        returns = [r for r, _ in unique.values()]
-        video = f" and the first episode as {self.video_path}" if self.video_path else ""
-        print(f"fusegen predict: {len(unique)} episodes of {self.hparams.env_id}, mean return "
-              f"{np.mean(returns):.1f}; wrote {path}{video}")
+        return {"episode": episode, "return": ret, "length": length, "frames": frames,
+                "fps": self.runner.render_fps}
 
     # ---- checkpoints -------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        norm = normalization_state(self._collector.envs) if self._collector is not None else (self._pending_norm or {})
+        norm = self.runner.normalization_state()
         checkpoint["rl"] = {
             "env_steps": self.env_steps, "total_env_steps": self.total_env_steps, "num_updates": self.num_updates,
             "wall_time": self.wall_time,
             "history": {k: [list(p) for p in v] for k, v in self.history.items()},
+            "recent_returns": list(self.recent_returns),
             "normalization": {k: {"mean": torch.as_tensor(s["mean"]), "var": torch.as_tensor(s["var"]),
                                   "count": float(s["count"])} for k, s in norm.items()},
         }
@@ -552,15 +455,13 @@ class PolicyGradient(pl.LightningModule):
         self.env_steps, self.num_updates = int(state["env_steps"]), int(state["num_updates"])
         self.total_env_steps = int(state.get("total_env_steps", self.env_steps))
         self.wall_time = float(state["wall_time"])
-        self.history = {k: [CurvePoint(int(p[0]), float(p[1]), float(p[2])) for p in v]
-                        for k, v in state["history"].items()}
+        self.history = {"train": [], "last100": [], "eval": []}
+        self.history.update({k: [CurvePoint(int(p[0]), float(p[1]), float(p[2])) for p in v]
+                             for k, v in state["history"].items()})
+        self.recent_returns = deque(state.get("recent_returns", []), maxlen=RECENT)
         norm = {k: {"mean": s["mean"].numpy(), "var": s["var"].numpy(), "count": s["count"]}
                 for k, s in state["normalization"].items()}
-        if self._collector is not None:
-            load_normalization_state(self._collector.envs, norm)
-            self._collector.env_steps = self.env_steps
-        else:
-            self._pending_norm = norm
+        self.runner.load_normalization_state(norm, self.env_steps)
 
 
 class REINFORCE(PolicyGradient):

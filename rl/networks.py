@@ -46,7 +46,10 @@ class ActorCritic(nn.Module):
         activation: ``tanh`` (the PPO/A2C default), ``relu``, ``gelu``, ``silu``.
         encoder: optional feature extractor run before the torsos, e.g. a ``fusion`` image encoder
             (``forward(x) -> [B, T, D]`` with ``out_dim``) for pixel observations; its tokens are
-            mean-pooled. Image observations ``[H, W, C]`` in 0..255 are scaled to ``[C, H, W]`` 0..1.
+            mean-pooled. Image observations in 0..255 are scaled to 0..1, and channels-last ones
+            (``[H, W, C]``, gymnasium's images) moved to ``[C, H, W]``; channels-first ones (Atari
+            frame stacks ``[4, 84, 84]``) stay as they are. ``fusion.NatureCNNEncoder`` is the
+            Atari torso; any ``fusion.ImageEncoder`` (timm) can replace it.
         log_std_init: initial log-std of the Gaussian policy (continuous actions only).
         ortho_init: orthogonal init with the usual gains (sqrt 2 torso, 0.01 policy, 1 value).
     """
@@ -63,7 +66,9 @@ class ActorCritic(nn.Module):
                              f"[{{class_path: gymnasium.wrappers.FlattenObservation}}])")
         self.discrete = isinstance(action_space, gym.spaces.Discrete)
         self.encoder = encoder
-        self.image_obs = len(observation_space.shape) == 3
+        shape = observation_space.shape
+        self.image_obs = len(shape) == 3
+        self.channels_last = self.image_obs and shape[-1] <= 4 < shape[0]
         if encoder is not None:
             in_dim = encoder.out_dim
         elif len(observation_space.shape) == 1:
@@ -87,8 +92,8 @@ class ActorCritic(nn.Module):
     def features(self, obs: torch.Tensor) -> torch.Tensor:
         if self.encoder is None:
             return obs
-        if self.image_obs:  # gymnasium images: [B, H, W, C] uint8 -> [B, C, H, W] in 0..1
-            obs = obs.permute(0, 3, 1, 2) / 255.0
+        if self.image_obs:  # pixels 0..255 -> [B, C, H, W] in 0..1
+            obs = (obs.permute(0, 3, 1, 2) if self.channels_last else obs) / 255.0
         return self.encoder(obs).mean(dim=1)
 
     def distribution(self, x: torch.Tensor) -> Distribution:

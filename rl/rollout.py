@@ -88,7 +88,8 @@ class RolloutCollector:
             action, logp, value = policy.act(obs)
             self.next_obs, rewards[t], terminated[t], truncated[t], info = self.envs.step(action.cpu().numpy())
             valid[t] = ~self.next_is_reset
-            self.next_is_reset = terminated[t] | truncated[t]
+            # life-loss terminals (rl.atari) end an episode for the targets but reset nothing
+            self.next_is_reset = info["autoreset"] if "autoreset" in info else terminated[t] | truncated[t]
             obs_l.append(obs), act_l.append(action), logp_l.append(logp), val_l.append(value)
             if "episode" in info:
                 done = info["_episode"]

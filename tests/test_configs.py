@@ -28,7 +28,10 @@ EXTRA = {"gan/speech-to-digit.yaml": ["--model.init_args.encoder_checkpoint", "n
          "gan/image-to-speech.yaml": ["--model.init_args.encoder_checkpoint", "null"],
          # the few-label configs start from avmnist-clip's checkpoint; wired here from random encoders
          "ssl/avmnist-finetune-1pct.yaml": ["--model.init_args.init_encoders_from", "null"],
-         "ssl/avmnist-linear-probe-1pct.yaml": ["--model.init_args.init_encoders_from", "null"]}
+         "ssl/avmnist-linear-probe-1pct.yaml": ["--model.init_args.init_encoders_from", "null"],
+         # an untrained greedy Breakout agent may never serve: cap the evaluation episodes
+         "rl/ppo-breakout.yaml": ["--model.init_args.env_kwargs", "{max_episode_steps: 100}",
+                                  "--model.init_args.n_steps", "16"]}
 ENCODER_CONFIGS = {"speech-encoder", "image-encoder"}  # fusion classifiers that make a GAN's condition encoder
 HEADS = ["concat", "attention", "gated", "tensor", "lowrank"]
 

@@ -236,7 +236,9 @@ def test_gae_three_steps_by_hand(ending: str, advantages: list[float]) -> None:
 def test_history_checkpoint_round_trip_is_exact() -> None:
     agent = PPO(policy=StubPolicy)
     agent.history = {"train": [CurvePoint(256, 21.125, 0.1234567891234), CurvePoint(512, 30.0, 0.25)],
+                     "last100": [CurvePoint(256, 21.125, 0.12), CurvePoint(512, 25.5, 0.25)],
                      "eval": [CurvePoint(512, 1 / 3, 0.3)]}
+    agent.recent_returns.extend([21.125, 30.0])
     agent.env_steps, agent.total_env_steps, agent.num_updates, agent.wall_time = 512, 512, 2, 0.3
     checkpoint: dict = {}
     agent.on_save_checkpoint(checkpoint)
@@ -249,3 +251,5 @@ def test_history_checkpoint_round_trip_is_exact() -> None:
     assert all(isinstance(p, CurvePoint) for points in restored.history.values() for p in points)
     assert restored.history["eval"][0].mean_return == 1 / 3 and restored.history["train"][0].env_steps == 256
     assert (restored.env_steps, restored.num_updates, restored.wall_time) == (512, 2, 0.3)
+    # the last-100-episodes window goes on where it stopped
+    assert list(restored.recent_returns) == [21.125, 30.0] and restored.recent_returns.maxlen == 100

@@ -82,7 +82,7 @@ def test_agent_predict_single_batch_and_normalisation() -> None:
 
     # frozen training statistics (as loaded from a checkpoint) are applied before the policy
     mean, var = np.array([1.0, -1.0, 0.5, 2.0]), np.array([4.0, 1.0, 0.25, 9.0])
-    agent._pending_norm = {"obs_rms": {"mean": mean, "var": var, "count": 100.0}}
+    agent.runner.load_normalization_state({"obs_rms": {"mean": mean, "var": var, "count": 100.0}})
     normalised = ((obs - mean) / np.sqrt(var + 1e-8)).astype(np.float32)
     np.testing.assert_array_equal(agent.predict(obs),
                                   agent.policy.act(torch.as_tensor(normalised), deterministic=True)[0].numpy())
