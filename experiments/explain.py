@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +42,10 @@ def load_trained(cli_args: list[str], ckpt_path: str, stage_note: str) -> tuple[
     from experiments.callbacks import load_checkpoint_as_data
     from experiments.cli import FusegenCLI, resolve_last_checkpoint
 
-    cli = FusegenCLI(args=[*cli_args, "--trainer.enable_progress_bar", "false", "--trainer.logger", "false"],
-                     run=False)
+    with warnings.catch_warnings():  # "args and sys.argv both given": sys.argv is `fusegen explain ...` itself
+        warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter")
+        cli = FusegenCLI(args=[*cli_args, "--trainer.enable_progress_bar", "false", "--trainer.logger", "false"],
+                         run=False)
     path = ckpt_path
     if ckpt_path == "last":
         path = resolve_last_checkpoint(cli.run_dir / "checkpoints")
