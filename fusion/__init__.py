@@ -30,6 +30,7 @@ from fusion.heads import (
     TensorFusion,
     masked_mean,
 )
+from fusion.distill import DistillationClassifier
 from fusion.module import FusionClassifier, UnimodalClassifier
 from fusion.prediction import PredictionWriter
 from fusion.pretrained import WeightsUnavailableError, from_pretrained, save_pretrained
@@ -38,6 +39,7 @@ __all__ = [
     "AttentionFusion",
     "AudioEncoder",
     "ConcatFusion",
+    "DistillationClassifier",
     "Encoder",
     "FusionClassifier",
     "GatedFusion",
