@@ -29,7 +29,8 @@ from fusion import explain as ex
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(prog="fusegen explain", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ckpt_path", required=True, help="a checkpoint file, or 'last' (runs/<experiment>/checkpoints)")
+    parser.add_argument("--ckpt_path", required=True,
+                        help="a checkpoint file, or 'last' (the newest in runs/<experiment>/checkpoints)")
     parser.add_argument("--limit", type=int, default=None, help="explain only the first N test samples")
     parser.add_argument("--num_correct", type=int, default=2, help="right test samples to attribute")
     parser.add_argument("--num_wrong", type=int, default=2, help="wrong test samples to attribute")

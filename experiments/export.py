@@ -29,7 +29,8 @@ from fusion import export as fe
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(prog="fusegen export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ckpt_path", required=True, help="a checkpoint file, or 'last' (runs/<experiment>/checkpoints)")
+    parser.add_argument("--ckpt_path", required=True,
+                        help="a checkpoint file, or 'last' (the newest in runs/<experiment>/checkpoints)")
     parser.add_argument("--format", default="onnx", choices=fe.FORMATS)
     parser.add_argument("--part", default=None, help="model | encoder:<modality> | policy | generator")
     parser.add_argument("--batch_size", type=int, default=8, help="rows of the check batch")

@@ -4,6 +4,7 @@ Encoders are plain ``nn.Module``s returning ``[B, T, D]`` with ``out_dim``; head
 them (+ a presence mask) to one vector; ``FusionClassifier`` / ``UnimodalClassifier`` train them.
 """
 
+from fusion.distill import DistillationClassifier
 from fusion.encoders import (
     AudioEncoder,
     Encoder,
@@ -30,7 +31,6 @@ from fusion.heads import (
     TensorFusion,
     masked_mean,
 )
-from fusion.distill import DistillationClassifier
 from fusion.module import FusionClassifier, UnimodalClassifier
 from fusion.prediction import PredictionWriter
 from fusion.pretrained import WeightsUnavailableError, from_pretrained, save_pretrained

@@ -47,7 +47,8 @@ def parameter_count(model: nn.Module, nonzero: bool = False) -> int:
 
 
 def prunable_weights(model: nn.Module) -> list[tuple[nn.Module, str]]:
-    return [(m, "weight") for m in model.modules() if isinstance(m, PRUNABLE) and getattr(m, "weight", None) is not None]
+    return [(m, "weight") for m in model.modules()
+            if isinstance(m, PRUNABLE) and getattr(m, "weight", None) is not None]
 
 
 def sparsity(model: nn.Module) -> float:

@@ -413,7 +413,9 @@ def attribution_figure(model: nn.Module, batch: dict, datamodule: Any = None, cl
             panels.append((m, "tokens"))
     if not panels or not chosen:
         raise ValueError("nothing to attribute: no image/spectrogram/text input, or an empty batch")
-    name = (lambda c: str(class_names[c]) if class_names and c < len(class_names) else str(c))
+    def name(c: int) -> str:
+        return str(class_names[c]) if class_names and c < len(class_names) else str(c)
+
     fig, axes = plt.subplots(len(chosen), len(panels), figsize=(2.6 * len(panels) + 0.4 * sum(
         k == "tokens" for _, k in panels) * 4, 2.4 * len(chosen)), squeeze=False)
     gaps = []

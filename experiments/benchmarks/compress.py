@@ -33,7 +33,7 @@ from typing import Any, Callable
 import torch
 
 from fusion.compress import parameter_count, quantize_int8, size_on_disk, sparsity
-from fusion.explain import select_first, to_device
+from fusion.explain import select_first
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = {
