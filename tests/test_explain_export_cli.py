@@ -69,7 +69,18 @@ def test_explain_writes_contributions_and_pictures(trained, monkeypatch, cli_exi
     assert "Shapley" in out and "completeness gap" in out
 
 
-def test_export_writes_a_checked_onnx_graph(trained, monkeypatch, cli_exit):
+def test_export_writes_a_checked_program(trained, monkeypatch, cli_exit):
+    monkeypatch.chdir(trained)
+    code, out, err = cli_exit("export", "--config", "tiny.yaml", "--ckpt_path", "last", "--batch_size", "4",
+                              "--format", "torch-export")
+    assert code == 0, err
+    assert "max abs difference from PyTorch on a real batch of 4" in out
+    assert float(out.split("real batch of 4: ")[1].split()[0]) <= 1e-4
+    assert (trained / "runs/tiny-ship/export/model.pt2").stat().st_size > 0
+
+
+@pytest.mark.slow  # the ONNX exporter takes ~30 s on this model (log-mel front end + attention); ONNX parity
+def test_export_writes_a_checked_onnx_graph(trained, monkeypatch, cli_exit):  # itself: tests/test_export.py
     monkeypatch.chdir(trained)
     code, out, err = cli_exit("export", "--config", "tiny.yaml", "--ckpt_path", "last", "--batch_size", "4")
     assert code == 0, err
