@@ -7,7 +7,7 @@
   CPU the ``ao`` kernels were the faster of the two (``experiments/benchmarks/compress.py`` measures
   both), so it is the default.
 * ``ScheduledPruning``: Lightning's ``ModelPruning`` callback doing global L1 (magnitude) pruning
-  of the Linear/Conv weights on a gradual schedule (Zhu & Gupta 2017: sparsity rises as a cubic
+  of the Linear/Conv weights (but ``MultiheadAttention.out_proj``, which is never called) on a gradual schedule (Zhu & Gupta 2017: sparsity rises as a cubic
   from 0 to ``final_sparsity`` between ``start_epoch`` and ``end_epoch``), made permanent at the
   end of training and in every checkpoint (no ``*_orig``/``*_mask`` tensors are saved).
 * ``parameter_count``, ``sparsity``, ``size_on_disk``: the figures a compression table reports.
@@ -46,9 +46,16 @@ def parameter_count(model: nn.Module, nonzero: bool = False) -> int:
     return sum(int((p != 0).sum()) if nonzero else p.numel() for p in model.parameters())
 
 
+def _not_called(model: nn.Module) -> set[int]:
+    """Linear layers whose weight is read without calling them (``MultiheadAttention.out_proj``): a
+    pruning mask is applied in a forward pre-hook, so these cannot be pruned."""
+    return {id(m.out_proj) for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
+
+
 def prunable_weights(model: nn.Module) -> list[tuple[nn.Module, str]]:
+    skip = _not_called(model)
     return [(m, "weight") for m in model.modules()
-            if isinstance(m, PRUNABLE) and getattr(m, "weight", None) is not None]
+            if isinstance(m, PRUNABLE) and getattr(m, "weight", None) is not None and id(m) not in skip]
 
 
 def sparsity(model: nn.Module) -> float:
@@ -121,11 +128,12 @@ class ScheduledPruning(ModelPruning):
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         self._trainer = trainer
+        self._allowed = {id(m) for m, _ in prunable_weights(pl_module)}
         super().setup(trainer, pl_module, stage)
 
     def filter_parameters_to_prune(self, parameters_to_prune: Any = ()) -> Any:
-        """Only Linear/Conv weights: norms, embeddings and biases stay dense."""
-        return [(m, name) for m, name in parameters_to_prune if isinstance(m, PRUNABLE) and name == "weight"]
+        """Only Linear/Conv weights (``prunable_weights``): norms, embeddings and biases stay dense."""
+        return [(m, name) for m, name in parameters_to_prune if id(m) in self._allowed and name == "weight"]
 
     def state_dict(self) -> dict[str, Any]:
         return {"reached": self.reached}

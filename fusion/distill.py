@@ -24,7 +24,7 @@ from torch import nn
 
 from datamodules.checks import check_real, check_value
 from fusion.heads import pooled_features
-from fusion.module import FusionClassifier
+from fusion.module import FusionClassifier, FusionHeadFactory
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, label: torch.Tensor,
@@ -71,7 +71,7 @@ class DistillationClassifier(FusionClassifier):
         the rest: as ``FusionClassifier`` (the student's encoders, head, classifier and optimiser).
     """
 
-    def __init__(self, encoders: dict[str, nn.Module], fusion: Any, num_classes: int,
+    def __init__(self, encoders: dict[str, nn.Module], fusion: FusionHeadFactory, num_classes: int,
                  teacher_checkpoint: str | None = None, teacher: nn.Module | None = None, temperature: float = 4.0,
                  alpha: float = 0.9, hidden_dims: list[int] | None = None, dropout: float = 0.1,
                  modality_dropout: float = 0.0, drop_at_test: list[str] | None = None,

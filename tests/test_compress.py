@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from fusion import ConcatFusion, FusionClassifier, LeNetImageEncoder
+from fusion import AttentionFusion, ConcatFusion, FusionClassifier, LeNetImageEncoder
 from fusion.compress import (
     ScheduledPruning,
     cubic_sparsity,
@@ -130,7 +130,7 @@ def test_pruning_follows_its_schedule_and_is_permanent_in_checkpoints(tmp_path):
     assert [round(cubic_sparsity(e, 0.8, 0, 2), 4) for e in range(4)] == [round(0.8 * (1 - (2 / 3) ** 3), 4),
                                                                          round(0.8 * (1 - (1 / 3) ** 3), 4), 0.8, 0.8]
     torch.manual_seed(0)
-    model = FusionClassifier({"a": Flat(6, 32), "b": Flat(6, 32)}, lambda d: ConcatFusion(d, out_dim=32),
+    model = FusionClassifier({"a": Flat(6, 32), "b": Flat(6, 32)}, lambda d: AttentionFusion(d, d_model=16),
                              num_classes=4, hidden_dims=[32], dropout=0.0)
     seen: list[float] = []
 
@@ -145,7 +145,7 @@ def test_pruning_follows_its_schedule_and_is_permanent_in_checkpoints(tmp_path):
     assert seen == pytest.approx([cubic_sparsity(e, 0.8, 0, 2) for e in range(4)], abs=0.01)
     state = torch.load(tmp_path / "last.ckpt", weights_only=True)["state_dict"]
     assert not [k for k in state if k.endswith(("_orig", "_mask"))]
-    weights = [v for k, v in state.items() if k.endswith(".weight") and v.dim() == 2]
+    weights = [v for k, v in state.items() if k.endswith(".weight") and v.dim() == 2 and "out_proj" not in k]
     zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
     assert zeros == pytest.approx(0.8, abs=0.01)
     assert not [k for k, _ in model.named_buffers() if k.endswith("_mask")]  # permanent in the model too
