@@ -60,10 +60,12 @@ def train(config: Path, overrides: list[str], out: Path, experiment: str, retrai
     from experiments.demos import run_experiment
 
     ckpt = out / experiment / "checkpoints" / "last.ckpt"
-    fit = retrain or not ckpt.is_file()
+    done = out / experiment / "finished.json"  # a fit that was killed or failed leaves none: it is redone
+    fit = retrain or not ckpt.is_file() or not done.is_file()
     started = time.time()
     if fit:
         run = run_experiment(config, overrides, out, experiment, fit=True)
+        done.write_text(json.dumps({"overrides": overrides, "seconds": round(time.time() - started)}))
     else:
         from experiments.cli import FusegenCLI
 
