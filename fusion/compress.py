@@ -7,7 +7,8 @@
   CPU the ``ao`` kernels were the faster of the two (``experiments/benchmarks/compress.py`` measures
   both), so it is the default.
 * ``ScheduledPruning``: Lightning's ``ModelPruning`` callback doing global L1 (magnitude) pruning
-  of the Linear/Conv weights (but ``MultiheadAttention.out_proj``, which is never called) on a gradual schedule (Zhu & Gupta 2017: sparsity rises as a cubic
+  of the Linear/Conv weights (not ``MultiheadAttention.out_proj``, which is never called) on a
+  gradual schedule (Zhu & Gupta 2017: sparsity rises as a cubic
   from 0 to ``final_sparsity`` between ``start_epoch`` and ``end_epoch``), made permanent at the
   end of training and in every checkpoint (no ``*_orig``/``*_mask`` tensors are saved).
 * ``parameter_count``, ``sparsity``, ``size_on_disk``: the figures a compression table reports.

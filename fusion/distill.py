@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Any
 
 import pytorch_lightning as pl
 import torch
