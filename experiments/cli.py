@@ -487,6 +487,9 @@ def main(args: list[str] | None = None) -> None:
         from experiments.tune import main as tune
 
         sys.exit(tune(argv[1:]))
+    if argv[:1] in (["explain"], ["export"]):  # after training: experiments/explain.py, experiments/export.py
+        module = importlib.import_module(f"experiments.{argv[0]}")
+        sys.exit(module.main(argv[1:]))
     problem = config_file_problem(argv)
     if problem:
         print(f"fusegen: error: {problem}", file=sys.stderr)

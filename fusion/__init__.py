@@ -5,6 +5,7 @@ them (+ a presence mask) to one vector; ``FusionClassifier`` / ``UnimodalClassif
 """
 
 from fusion.contrastive import ContrastivePretrainer
+from fusion.distill import DistillationClassifier
 from fusion.encoders import (
     AudioEncoder,
     Encoder,
@@ -42,6 +43,7 @@ __all__ = [
     "AudioEncoder",
     "ConcatFusion",
     "ContrastivePretrainer",
+    "DistillationClassifier",
     "Encoder",
     "FusionClassifier",
     "GatedFusion",
