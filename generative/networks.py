@@ -122,11 +122,10 @@ class Discriminator(nn.Module):
         self.embed = sn(nn.Linear(cond_dim, c_in, bias=False)) if cond_dim else None
         self.apply(dcgan_init)
         if self.embed is not None:
-            # Glorot-uniform, as Miyato & Koyama's projection discriminator: at nn.Linear's default scale
-            # (±1/sqrt(cond_dim): ±0.58 for 3 classes) the class term dwarfs the N(0, 0.02) image path,
-            # D's logits start near ±20 and saturate, and an RGB GAN learns nothing for hundreds of steps;
-            # far below it (the convs' 0.02) D hears the class too faintly and G ignores it for as long.
-            nn.init.xavier_uniform_(getattr(self.embed, "weight_orig", self.embed.weight))
+            # At nn.Linear's default scale (uniform ±1/sqrt(cond_dim): ±0.58 for 3 classes) the class
+            # term would dwarf the N(0, 0.02) image path: D's logits start near ±20, saturate, and an
+            # RGB GAN learns nothing for hundreds of steps. Start it at the convs' scale instead.
+            nn.init.normal_(getattr(self.embed, "weight_orig", self.embed.weight), 0.0, 0.02)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         if tuple(x.shape[1:]) != (self.channels, self.image_size, self.image_size):
