@@ -7,7 +7,7 @@
     python -m experiments.benchmarks.gan_results speech  --iters 8000   # speech-to-digit, held-out speaker
 
 Each trains through the fusegen CLI configs of experiments/gan/ (with the overrides printed in
-its JSON line), scores with the cached MNIST digit classifier (generative/metrics.py), copies
+its JSON line), scores with FID on ``generative.metrics.DigitFeatures`` (the cached MNIST digit classifier), copies
 its sample grid to generative/assets/ and prints one JSON line. CPU budget: networks are
 narrowed to ngf=ndf=32 (``--width``); iterations are batches of 64.
 """
@@ -28,10 +28,10 @@ import torch
 
 from datamodules import MNISTDataModule
 from experiments.benchmarks.common import emit, log, parse, parser
-from experiments.benchmarks.gan_reference import classifier_scores, reference_dcgan
+from experiments.benchmarks.gan_reference import digit_scores, reference_dcgan
 from experiments.cli import FusegenCLI
 from fusion.artifacts import run_dir
-from generative import Discriminator, Generator, load_digit_classifier
+from generative import DigitFeatures, Discriminator, Generator
 from generative.module import get_ema_warmup_multi_avg_fn
 
 REPO = Path(__file__).resolve().parents[2]
@@ -94,13 +94,13 @@ class FusegenScorer(pl.Callback):
 
 
 def part_dcgan(args: argparse.Namespace) -> dict:
-    classifier = load_digit_classifier()
+    features = DigitFeatures()
     dm = MNISTDataModule(batch_size=64)
     dm.setup("fit")
     budgets = sorted({args.iters, *args.score_at})
 
     def score(generate) -> dict:
-        return classifier_scores(generate, dm.val_dataloader(), classifier)
+        return digit_scores(generate, dm.val_dataloader(), features)
 
     # fusegen: the dcgan-mnist config through the CLI (validation every 500 batches for the curve).
     start = time.time()

@@ -1,10 +1,10 @@
 """The generative part of ``make demo``: a short class-conditional DCGAN run.
 
 ``experiments/gan/cdcgan-mnist.yaml`` through the CLI with narrower nets and ~2,000 batches
-(fewer, at a higher learning rate, let D win and G collapse), then the validation Fréchet
-classifier distance, the classifier's agreement with the requested digits, and the last sample
-grid (10 columns = digits 0-9). Without data it trains on the synthetic images instead, with the
-digit-classifier metrics off (they need MNIST).
+(fewer, at a higher learning rate, let D win and G collapse), then the validation FID and KID on
+``generative.metrics.DigitFeatures`` (the config's ``SampleMetrics``), the digit classifier's
+agreement with the requested digits, and the last sample grid (10 columns = digits 0-9). Without
+data it trains on the synthetic images instead, with ``metrics: null`` (the digit features need MNIST).
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ def run(out_dir: Path, data: DataSource, batches: int = 1920, epochs: int = 3, w
     return [
         row(capability, name, data, "classifier agreement", round(run.last("val/agreement"), 4),
             ">= 0.95 (full run, see generative/README.md)", pictures),
-        row(capability, name, data, "Fréchet classifier distance", round(run.last("val/fid"), 3),
+        row(capability, name, data, "FID (digit-classifier features)", round(run.last("val/fid"), 3),
+            "lower is better"),
+        row(capability, name, data, "KID (digit-classifier features)", round(run.last("val/kid"), 4),
             "lower is better"),
     ]
