@@ -24,6 +24,7 @@ from torch import nn
 from datamodules.checks import check_real, check_value
 from fusion.heads import pooled_features
 from fusion.module import FusionClassifier, FusionHeadFactory
+from fusion.pretrained import check_config_classes
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, label: torch.Tensor,
@@ -45,6 +46,8 @@ def load_teacher(path: str | Path) -> pl.LightningModule:
                                 "first (fusegen fit --config <teacher config>) and give its checkpoint "
                                 "(runs/<experiment>/checkpoints/last.ckpt)")
     hparams = torch.load(path, map_location="cpu", weights_only=True).get("hyper_parameters") or {}
+    # A checkpoint is data: it may name no class outside the allowlist (Lightning's own instantiator aside).
+    check_config_classes({k: v for k, v in hparams.items() if k != "_instantiator"}, path, "hyper_parameters")
     class_path = hparams.get("_class_path")
     if not isinstance(class_path, str) or "." not in class_path:
         raise ValueError(f"model.init_args.teacher_checkpoint = {str(path)!r} has no saved model config "

@@ -32,6 +32,9 @@ EXTRA = {"gan/speech-to-digit.yaml": ["--model.init_args.encoder_checkpoint", "n
          # an untrained greedy Breakout agent may never serve: cap the evaluation episodes
          "rl/ppo-breakout.yaml": ["--model.init_args.env_kwargs", "{max_episode_steps: 100}",
                                   "--model.init_args.n_steps", "16"]}
+# distillation students need their teacher's checkpoint: a one-step fit of the teacher config writes it
+TEACHERS = {"ship/avmnist-attention-student.yaml": "fusion/avmnist-attention.yaml",
+            "ship/sst2-minilm-student.yaml": "ship/sst2-minilm-finetune.yaml"}
 ENCODER_CONFIGS = {"speech-encoder", "image-encoder"}  # fusion classifiers that make a GAN's condition encoder
 HEADS = ["concat", "attention", "gated", "tensor", "lowrank"]
 
@@ -59,7 +62,7 @@ def test_every_area_ships_configs():
 def test_print_config_round_trips(config: Path, in_tmp: Path):
     first = print_config(config)
     assert first["experiment"] not in ("", "default")  # names the run folder runs/<experiment>/
-    package = {"fusion": "fusion", "gan": "generative", "rl": "rl", "ssl": "fusion"}[config.parent.name]
+    package = {"gan": "generative", "rl": "rl"}.get(config.parent.name, "fusion")  # fusion, ssl, ship
     if config.stem not in ENCODER_CONFIGS:  # the GAN's condition encoder is a fusion classifier
         assert first["model"]["class_path"].startswith(f"{package}.")
     # the shared trainer.yaml is underneath every experiment
@@ -90,11 +93,16 @@ def _fast_dev_run(config: Path, request: pytest.FixtureRequest) -> None:
         from experiments.make_shapes_example import make_shapes_example
 
         make_shapes_example(tmp / "runs" / "shapes-data", n=150)
+    extra = list(EXTRA.get(name(config), []))
+    if name(config) in TEACHERS:
+        FusegenCLI(args=["fit", "--config", str(CONFIG_DIR / TEACHERS[name(config)]), "--experiment", "teacher",
+                         "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0", *QUICK])
+        extra += ["--model.init_args.teacher_checkpoint", str(tmp / "runs" / "teacher" / "checkpoints" / "last.ckpt")]
     small = SMALL["gan"] if model == "generative.GAN" else []
     if data.endswith("HFDataModule") and model == "generative.GAN":
         small = [*small[4:], "--model.init_args.metrics", "null"]  # a smoke test: no metrics
     cli = FusegenCLI(args=["fit", "--config", str(config), "--trainer.fast_dev_run", "2", *QUICK, *small,
-                           *EXTRA.get(name(config), [])])
+                           *extra])
     assert cli.trainer.state.finished and not cli.trainer.interrupted
     if model.startswith("rl."):  # a step is an optimiser step: one PPO update makes many
         assert cli.model.num_updates >= 1 and cli.trainer.global_step >= 1

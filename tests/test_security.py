@@ -214,3 +214,19 @@ def test_a_saved_folder_still_loads_and_a_wrong_class_points_at_the_safe_call(tm
     torch.testing.assert_close(again(batch), model(batch))
     with pytest.raises(TypeError, match=r"holds a fusion.module.FusionClassifier.*FusionClassifier.from_pretrained"):
         AudioEncoder.from_pretrained(folder)
+
+def test_a_teacher_checkpoint_naming_a_foreign_class_is_refused_before_import(in_tmp: Path,
+                                                                                monkeypatch: pytest.MonkeyPatch):
+    import sys
+
+    from fusion.distill import load_teacher
+    from fusion.pretrained import UntrustedConfigError
+
+    marker = in_tmp / "teacher-code-ran"
+    (in_tmp / "evil_teacher_payload.py").write_text(f"open({str(marker)!r}, 'w').close()\nclass Model: pass\n")
+    monkeypatch.syspath_prepend(str(in_tmp))
+    ckpt = in_tmp / "teacher.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"_class_path": "evil_teacher_payload.Model"}}, ckpt)
+    with pytest.raises(UntrustedConfigError, match="evil_teacher_payload.Model"):
+        load_teacher(ckpt)
+    assert not marker.exists() and "evil_teacher_payload" not in sys.modules

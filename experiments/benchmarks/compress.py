@@ -14,7 +14,7 @@ the state dict; pruned also as sparse tensors), CPU latency per batch of 32 and 
 * ``student``: distilled from it (``experiments/ship/*-student.yaml``);
 * ``int8_ao`` / ``int8_torchao``: the teacher after dynamic int8 quantisation of its Linear layers
   (``torch.ao.quantization.quantize_dynamic`` / torchao ``Int8DynamicActivationInt8WeightConfig``);
-* ``pruned50`` / ``pruned80``: trained with ``experiments/ship/pruning.yaml`` (global L1, cubic schedule).
+* ``pruned50`` / ``pruned80``: trained with ``experiments/presets/pruning.yaml`` (global L1, cubic schedule).
 
 Targets checked: student <= 1/4 of the teacher's parameters within 1.5 points; int8 MiniLM within
 1 point of fp32 and >= 1.5x faster per batch of 32. Trained runs are kept under ``--out`` and reused
@@ -42,7 +42,7 @@ CONFIGS = {
     "minilm": {"teacher": REPO / "experiments/ship/sst2-minilm-finetune.yaml",
                "student": REPO / "experiments/ship/sst2-minilm-student.yaml"},
 }
-PRUNING = REPO / "experiments/ship/pruning.yaml"
+PRUNING = REPO / "experiments/presets/pruning.yaml"
 VARIANTS = ("teacher", "student", "int8_ao", "int8_torchao", "pruned50", "pruned80")
 
 
