@@ -91,7 +91,7 @@ def test_trimodal_batches_and_text_noise(data_root: Path) -> None:
     dm = TriModalDigitsDataModule(root=str(data_root), text_noise=0.3)
     dm.setup()
     batch = next(iter(dm.train_dataloader()))
-    assert set(batch) == {"image", "audio", "text", "label", "present"}
+    assert set(batch) == {"image", "audio", "text", "label", "speaker", "present"}
     assert set(batch["present"]) == {"image", "audio", "text"}
     assert batch["image"].shape == (64, 1, 28, 28) and batch["audio"].shape == (64, 1, 112, 112)
     assert batch["text"]["input_ids"].shape[1] <= 16

@@ -113,7 +113,7 @@ def test_losses_train_and_clip(tmp_path, loss: str) -> None:
 
 
 def test_conditional_dcgan_learns_mnist(data_root, in_tmp) -> None:
-    """A tiny class-conditional DCGAN, 150 batches of real MNIST (lr 1e-3 for speed): FID and KID on
+    """A tiny class-conditional DCGAN, 300 batches of real MNIST (lr 1e-3 for speed): FID and KID on
     the digit-classifier features fall and the classifier reads the requested digit above chance."""
     from datamodules import MNISTDataModule
 
@@ -123,25 +123,24 @@ def test_conditional_dcgan_learns_mnist(data_root, in_tmp) -> None:
                 ema_decay=None, optimizer_g=adam, optimizer_d=adam,
                 metrics=SampleMetrics(DigitFeatures(**TEST_CLASSIFIER), metrics=["fid", "kid"], kid_subsets=10))
     dm = MNISTDataModule(batch_size=64, train_limit=64 * 50)
-    trainer = pl.Trainer(max_epochs=3, limit_val_batches=4, num_sanity_val_steps=0, enable_checkpointing=False,
+    trainer = pl.Trainer(max_epochs=6, limit_val_batches=4, num_sanity_val_steps=0, enable_checkpointing=False,
                          default_root_dir=in_tmp, **QUIET)
     before = trainer.validate(model, datamodule=dm, verbose=False)[0]
     trainer.fit(model, datamodule=dm)
     after = trainer.validate(model, datamodule=dm, verbose=False)[0]
     assert after["val/fid"] < 0.75 * before["val/fid"], (before, after)
     assert after["val/kid"] < before["val/kid"], (before, after)
-    # 256 samples at chance (0.1) have a standard deviation of 0.019: above 0.18 is > 4 of them. Measured
-    # (seed 0): agreement 0.11 -> 0.21 with D's class embedding at N(0, 0.02) (0.68 at nn.Linear's
-    # default init, which leaves an RGB GAN grey; see docs/generative.md).
-    assert before["val/agreement"] < 0.15 and after["val/agreement"] > 0.18, (before, after)
+    # 256 samples at chance (0.1) have a standard deviation of 0.019: above 0.2 is > 5 of them. Measured
+    # (seed 0): agreement 0.11 -> 0.28 after 300 batches with D's class embedding at N(0, 0.02) (0.15-0.21
+    # after 150; nn.Linear's default init learns MNIST faster but leaves an RGB GAN grey: docs/generative.md).
+    assert before["val/agreement"] < 0.15 and after["val/agreement"] > 0.2, (before, after)
     # The per-epoch sample grids and the interpolation grid, in the run folder's pictures/.
     pictures = in_tmp / "pictures"
-    assert sorted(p.name for p in (pictures / "samples").glob("*.png")) == ["epoch_000.png", "epoch_001.png",
-                                                                             "epoch_002.png"]
+    assert sorted(p.name for p in (pictures / "samples").glob("*.png")) == [f"epoch_{e:03d}.png" for e in range(6)]
     assert (pictures / "interpolation.png").is_file()
     from PIL import Image
 
-    with Image.open(pictures / "samples" / "epoch_002.png") as grid:  # 10 x 10 digits of 28 px, 2 px padding
+    with Image.open(pictures / "samples" / "epoch_005.png") as grid:  # 10 x 10 digits of 28 px, 2 px padding
         assert grid.size == (10 * 30 + 2, 10 * 30 + 2)
 
 
