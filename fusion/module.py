@@ -50,14 +50,14 @@ def _batch_size(batch: dict) -> int:
         v.shape[0] for v in batch.values() if isinstance(v, torch.Tensor))
 
 
-def _is_plain_data(value: Any) -> bool:
+def is_plain_data(value: Any) -> bool:
     """True for what a config is made of (numbers, strings, lists and dicts of them)."""
     if value is None or isinstance(value, (bool, int, float, str)):
         return True
     if isinstance(value, (list, tuple)):
-        return all(_is_plain_data(v) for v in value)
+        return all(is_plain_data(v) for v in value)
     if isinstance(value, dict):
-        return all(isinstance(k, str) and _is_plain_data(v) for k, v in value.items())
+        return all(isinstance(k, str) and is_plain_data(v) for k, v in value.items())
     return False
 
 
@@ -264,7 +264,7 @@ class FusionClassifier(pl.LightningModule):
             self.save_hyperparameters(frame=frame)
         accepted = inspect.signature(type(self).__init__).parameters
         for key in [k for k, v in self.hparams.items()
-                    if not k.startswith("_") and (k not in accepted or not _is_plain_data(v))]:
+                    if not k.startswith("_") and (k not in accepted or not is_plain_data(v))]:
             del self.hparams[key]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -273,7 +273,7 @@ class FusionClassifier(pl.LightningModule):
         if "_class_path" in saved:  # rebuilt from a config, outside the CLI: the built modules were dropped
             for key, value in saved.items():
                 value = _as_plain(value)
-                if key not in self.hparams and _is_plain_data(value):
+                if key not in self.hparams and is_plain_data(value):
                     self.hparams[key] = value
 
     # ------------------------------------------------------------------ config-free save / load

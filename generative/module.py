@@ -35,6 +35,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from datamodules.checks import check_choice, check_int, check_real, check_value
 from fusion.artifacts import FrozenModule
+from fusion.module import is_plain_data
 from generative.augment import diff_augment, parse_policy
 from generative.conditioning import load_condition_encoder, pooled_unit_norm
 from generative.ema import get_ema_warmup_multi_avg_fn
@@ -44,17 +45,6 @@ from generative.metrics.sample_metrics import SampleMetrics
 
 def _dcgan_adam(params: Any) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=2e-4, betas=(0.5, 0.999))
-
-
-def _is_plain_data(value: Any) -> bool:
-    """True for what a config is made of (numbers, strings, lists and dicts of them)."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return True
-    if isinstance(value, (list, tuple)):
-        return all(_is_plain_data(v) for v in value)
-    if isinstance(value, dict):
-        return all(isinstance(k, str) and _is_plain_data(v) for k, v in value.items())
-    return False
 
 
 class GAN(pl.LightningModule):
@@ -186,7 +176,7 @@ class GAN(pl.LightningModule):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`")
             self.save_hyperparameters(ignore=["metrics"], frame=frame)
-        for key in [k for k, v in self.hparams.items() if not k.startswith("_") and not _is_plain_data(v)]:
+        for key in [k for k, v in self.hparams.items() if not k.startswith("_") and not is_plain_data(v)]:
             del self.hparams[key]
 
     # ------------------------------------------------------------------ conditioning / sampling
