@@ -7,6 +7,7 @@ import math
 import pytest
 import pytorch_lightning as pl
 import torch
+from tiny_encoders import Flat
 from torch import nn
 
 from fusion import AttentionFusion, ConcatFusion, FusionClassifier, LeNetImageEncoder
@@ -19,15 +20,6 @@ from fusion.compress import (
     sparsity,
 )
 from fusion.distill import DistillationClassifier, distillation_loss, load_teacher
-
-
-class Flat(nn.Module):
-    def __init__(self, in_dim: int, out_dim: int) -> None:
-        super().__init__()
-        self.lin, self.out_dim = nn.Linear(in_dim, out_dim), out_dim
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.lin(x).unsqueeze(1)
 
 
 def toy_data(n: int, seed: int) -> dict:

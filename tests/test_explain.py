@@ -4,21 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_encoders import Flat
 from torch import nn
 
 from fusion import ConcatFusion, FusionClassifier, LeNetImageEncoder, MeanFusion, TransformerTextEncoder
 from fusion import explain as ex
-
-
-class Flat(nn.Module):
-    """A linear encoder: ``[B, F] -> [B, 1, D]``."""
-
-    def __init__(self, in_dim: int, out_dim: int) -> None:
-        super().__init__()
-        self.lin, self.out_dim = nn.Linear(in_dim, out_dim), out_dim
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.lin(x).unsqueeze(1)
 
 
 def batches_of(data: dict, size: int = 64) -> list[dict]:

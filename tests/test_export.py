@@ -7,21 +7,12 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from tiny_encoders import Flat
 
 from fusion import AttentionFusion, FusionClassifier
 from fusion import export as fe
 from generative import Generator
 from rl import ActorCritic
-
-
-class Flat(nn.Module):
-    def __init__(self, in_dim: int, out_dim: int) -> None:
-        super().__init__()
-        self.lin, self.out_dim = nn.Linear(in_dim, out_dim), out_dim
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.lin(x).unsqueeze(1)
 
 
 class Branchy(Flat):
