@@ -3,6 +3,7 @@
     .venv/bin/python -m experiments.benchmarks.rl_mujoco                       # HalfCheetah + Hopper, 1M, seed 0
     .venv/bin/python -m experiments.benchmarks.rl_mujoco --envs halfcheetah --steps 200000
     .venv/bin/python -m experiments.benchmarks.rl_mujoco --seeds 0 1 2 --envs halfcheetah hopper walker2d
+    .venv/bin/python -m experiments.benchmarks.rl_mujoco --libraries sb3 &   # the SB3 side on the second core
 
 Settings: CleanRL's ``ppo_continuous_action`` (the shipped ``experiments/rl/ppo-<env>.yaml``:
 1 env x 2048 steps, 10 epochs x 32 minibatches, Adam 3e-4 annealed, gamma 0.99, GAE 0.95, clip
@@ -72,7 +73,8 @@ def main() -> None:
     p.add_argument("--envs", nargs="+", choices=sorted(ENVS), default=["halfcheetah", "hopper"])
     p.add_argument("--steps", type=int, default=1_000_000, help="env steps per run (the field's budget: 1M)")
     p.add_argument("--backend", choices=["sync", "async", "envpool"], default="sync", help="fusegen's vector backend")
-    p.add_argument("--no-sb3", action="store_true", help="fusegen only")
+    p.add_argument("--libraries", nargs="+", choices=["fusegen", "sb3"], default=["fusegen", "sb3"],
+                   help="which sides to run (two processes, one library each, use two cores; the JSONL joins them)")
     opts = parse(p)
     import torch
 
@@ -84,7 +86,7 @@ def main() -> None:
     runs = {(r["env"], r["library"], r["seed"], r["steps"]): r for r in done}
     for env in opts.envs:
         for seed in opts.seeds:
-            for library in ["fusegen"] + ([] if opts.no_sb3 else ["sb3"]):
+            for library in opts.libraries:
                 key = (env, library, seed, opts.steps)
                 if key in runs:
                     log(f"[{env}] {library} seed {seed}: already in {lines}")
