@@ -45,6 +45,7 @@ def free_port() -> int:
 
 
 @pytest.mark.timeout(600)
+@pytest.mark.slow  # ~30 s: two torchrun launchers; the default suite runs 2-process DDP via tests/test_cli.py
 def test_two_torchrun_nodes_train_one_model(in_tmp: Path) -> None:
     (in_tmp / "probe.py").write_text(PROBE)
     port = free_port()
