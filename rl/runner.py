@@ -23,6 +23,27 @@ OBS_NORM_EPS = 1e-8  # gymnasium NormalizeObservation's default epsilon
 MAX_EVAL_ENVS = 16
 
 
+CAMERA_KEYS = {"camera_id", "camera_name", "default_camera_config"}
+
+
+def follow_the_agent(env: gym.Env) -> None:
+    """Render a MuJoCo env through its model's ``track`` camera where it has one.
+
+    gymnasium's v5 locomotion envs render from a free camera that stays where the episode began,
+    so a running HalfCheetah leaves the picture within a second; their models ship a ``track``
+    camera that follows the body's centre of mass. A user's own camera choice (``env_kwargs``)
+    is left alone by the caller.
+    """
+    renderer = getattr(env.unwrapped, "mujoco_renderer", None)
+    if renderer is None or renderer.camera_id not in (None, -1):
+        return
+    import mujoco
+
+    camera = mujoco.mj_name2id(env.unwrapped.model, mujoco.mjtObj.mjOBJ_CAMERA, "track")
+    if camera != -1:
+        renderer.camera_id = camera
+
+
 class EnvRunner:
     """Envs for one agent on one rank, built lazily from the agent's hyperparameters ``h``
     (``env_id``, ``env_kwargs``, ``wrappers``, ``num_envs``, ``n_steps``, ``gamma``,
@@ -151,6 +172,8 @@ class EnvRunner:
             if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
                 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # headless: rgb_array needs no window
         env = make_env(h["env_id"], h["env_kwargs"], h["wrappers"], render_mode="rgb_array" if render else None)
+        if render and not CAMERA_KEYS & set(h["env_kwargs"] or {}):
+            follow_the_agent(env)
         self.render_fps = float(fps or env.metadata.get("render_fps") or 30)
         if isinstance(env.action_space, gym.spaces.Box):
             env = gym.wrappers.ClipAction(env)
