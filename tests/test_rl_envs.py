@@ -3,14 +3,19 @@ encoder of agents and fusion models, env ids that need an extra, and MuJoCo/Atar
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import sys
 from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
 
+import rl.runner
 from experiments.cli import FusegenCLI
 from fusion import ConcatFusion, FusionClassifier, ImageEncoder, NatureCNNEncoder
 from rl import PPO, ActorCritic
@@ -176,3 +181,99 @@ def test_breakout_config_runs_updates_on_envpool(in_tmp: Path, capsys: pytest.Ca
     # stopped after the first evaluation (any return reaches -1), and said why
     assert agent.num_updates == 2 and agent.env_steps == 256
     assert "stopping at 256 env steps: the mean evaluation return" in capsys.readouterr().out
+
+
+class _InterruptAt(pl.Callback):
+    """Ctrl+C at the start of training step ``step``: the shared Preemption callback finishes that
+    update, writes ``last.ckpt`` mid-epoch and exits 130."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+class _RecordSteps(gym.vector.VectorWrapper):
+    """Records what the training vector env hands the collector: the reset observation, then each
+    step's observation and which sub-envs really reset on their next step."""
+
+    def __init__(self, env: gym.vector.VectorEnv) -> None:
+        super().__init__(env)
+        self.record: list[tuple[np.ndarray, np.ndarray | None]] = []
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        self.record.append((obs.copy(), None))
+        return obs, info
+
+    def step(self, actions):
+        obs, reward, terminated, truncated, info = self.env.step(actions)
+        resets = info["autoreset"] if "autoreset" in info else terminated | truncated
+        self.record.append((obs.copy(), np.array(resets, dtype=bool)))
+        return obs, reward, terminated, truncated, info
+
+
+def _check_frame_stacks(record: list[tuple[np.ndarray, np.ndarray | None]], num_envs: int) -> int:
+    """Every observation is a ``uint8 [N, 4, 84, 84]`` stack of non-blank frames that belongs to
+    its episode: a fresh episode starts with its first frame repeated 4 times (gymnasium's
+    ``FrameStackObservation`` padding; EnvPool's too), and every other step shifts one new frame
+    in (oldest first), so no frame of an earlier episode survives a reset. Returns the number of
+    fresh stacks after autoresets."""
+    (first, flags), *steps = record
+    assert flags is None, "the recording does not start at a reset"
+    assert first.shape == (num_envs, 4, 84, 84) and first.dtype == np.uint8
+    assert (first == first[:, -1:]).all(), "a new episode's stack is not its first frame repeated"
+    prev, reset_next, fresh = first, np.zeros(num_envs, dtype=bool), 0
+    for step, (obs, resets) in enumerate(steps):
+        assert obs.shape == (num_envs, 4, 84, 84) and obs.dtype == np.uint8
+        assert (obs.reshape(num_envs, 4, -1).max(-1) > 0).all(), f"step {step}: a blank (zero) frame in a stack"
+        for n in range(num_envs):
+            if reset_next[n]:
+                assert (obs[n] == obs[n, -1]).all(), f"step {step}, env {n}: stale frames after the reset"
+                fresh += 1
+            else:
+                assert (obs[n, :-1] == prev[n, 1:]).all(), f"step {step}, env {n}: the stack did not shift by one"
+        prev, reset_next = obs, resets
+    return fresh
+
+
+@pytest.mark.parametrize("backend", ["envpool", "sync"])
+def test_breakout_resumed_mid_epoch_continues_steps_and_frame_stacks(
+        backend: str, in_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    recorders: list[_RecordSteps] = []
+    make_vec_env_ = rl.runner.make_vec_env
+
+    def recording_make_vec_env(*args, **kwargs):
+        envs = make_vec_env_(*args, **kwargs)
+        if kwargs.get("training"):  # the collector's envs, not the evaluation envs
+            recorders.append(_RecordSteps(envs))
+            return recorders[-1]
+        return envs
+
+    monkeypatch.setattr(rl.runner, "make_vec_env", recording_make_vec_env)
+    # 2 envs x 16 steps per update, 4 updates per epoch; episodes capped at 12 agent steps, so
+    # every sub-env autoresets several times after the restart
+    args = ["fit", "--config", str(REPO / "experiments/rl/ppo-breakout.yaml"), *QUIET,
+            "--model.init_args.vector_backend", backend, "--model.init_args.num_envs", "2",
+            "--model.init_args.n_steps", "16", "--model.init_args.batch_size", "32", "--model.init_args.n_epochs", "1",
+            "--model.init_args.eval_every_steps", "128", "--model.init_args.n_eval_episodes", "1",
+            "--model.init_args.env_kwargs", "{max_episode_steps: 12}", "--trainer.max_epochs", "2"]
+    interrupt = json.dumps({"class_path": f"{__name__}._InterruptAt", "init_args": {"step": 2}})
+    with pytest.raises(SystemExit) as stopped:
+        FusegenCLI(args=[*args, "--trainer.callbacks+", interrupt])
+    assert stopped.value.code == 128 + signal.SIGINT
+    state = torch.load(in_tmp / "runs/ppo-breakout/checkpoints/last.ckpt", weights_only=False)
+    assert state["rl"]["env_steps"] == 3 * 32 and state["rl"]["num_updates"] == 3  # mid-epoch: update 3 of 4
+    assert len(recorders) == 1 and _check_frame_stacks(recorders[0].record, 2) >= 2
+
+    agent = FusegenCLI(args=[*args, "--ckpt_path", "last"]).model
+    # the counters go on from the checkpoint: the rest of epoch 1 and epoch 2, 8 updates in all
+    assert agent.num_updates == 8 and agent.env_steps == 8 * 32 and agent.total_env_steps == 8 * 32
+    assert len(recorders) == 2
+    record = recorders[1].record
+    assert len(record) - 1 == (8 - 3) * 16  # exactly the steps of the 5 updates after the restart
+    # the restart begins fresh episodes (full stacks of their first frame, nothing from before
+    # it), and every autoreset after it does too
+    assert _check_frame_stacks(record, 2) >= 2 * 5

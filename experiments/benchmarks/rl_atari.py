@@ -10,7 +10,13 @@ settings: 8 envs x 128 steps, 4 epochs x 4 minibatches, Nature CNN, lr 2.5e-4 an
 score over the last 100 games (whole games: life-loss terminals only shape the targets), beside
 random play's mean score over ``--random-episodes`` games (the issue's bar: >= 5x random). SB3's
 PPO with the same settings and the same gymnasium Atari envs (``rl.atari``) runs ``--sb3-steps``
-env steps (default: as many) for env steps/s side by side.
+env steps (default: as many) for env steps/s side by side. Deterministic evaluation runs once, after
+training: ``--eval-episodes`` greedy games capped at ``--eval-max-steps`` agent steps (default
+4,500 = 18,000 frames, the "up to 5 minutes of play" of Mnih et al. 2015), because an agent that
+never serves the ball plays the whole 108,000-frame v5 limit. Training runs without the config's
+periodic evaluation, so steps/s is training time alone on both sides; on a shared machine the
+CPU seconds of each side (``steps_per_cpu_s``: the process's CPU time, all its threads; fusegen's
+includes the CLI's setup) give the load-independent ratio.
 
 ``throughput``: env steps/s of each backend (sync, async, envpool) on Breakout and
 HalfCheetah: rollout only (the collector with the untrained policy, no update) and rollout +
@@ -68,18 +74,35 @@ def random_play(n_episodes: int, seed: int) -> float:
     return float(np.mean(returns[:n_episodes]))
 
 
-def train_fusegen(steps: int, seed: int, backend: str, root: str) -> dict[str, Any]:
-    from experiments.cli import FusegenCLI
+def train_fusegen(steps: int, seed: int, backend: str, root: str, eval_episodes: int,
+                  eval_max_steps: int) -> dict[str, Any]:
+    import torch
 
+    from experiments.cli import FusegenCLI
+    from rl.envs import make_vec_env
+    from rl.rollout import evaluate_policy
+
+    cpu0 = time.process_time()
     agent = FusegenCLI(args=["fit", "--config", str(REPO / "experiments/rl/ppo-breakout.yaml"), *QUIET,
                              "--seed_everything", str(seed), "--model.init_args.total_timesteps", str(steps),
-                             "--model.init_args.vector_backend", backend, "--model.init_args.num_threads", "0",
+                             "--model.init_args.vector_backend", backend, "--model.init_args.num_threads", "1",
                              "--model.init_args.eval_every_steps", str(max(steps // 4, 1024)),
+                             "--trainer.limit_val_batches", "0",
                              "--trainer.default_root_dir", root, "--experiment", f"bench-breakout-{seed}"]).model
+    cpu = time.process_time() - cpu0
     recent = list(agent.recent_returns)
-    return {"last100_return": statistics.fmean(recent) if recent else None, "games": len(recent),
-            "eval_returns": [round(p.mean_return, 2) for p in agent.history["eval"]], "env_steps": agent.env_steps,
-            "wall_s": agent.wall_time, "steps_per_s": agent.env_steps / max(agent.wall_time, 1e-9)}
+    row = {"last100_return": statistics.fmean(recent) if recent else None, "games": len(recent),
+           "env_steps": agent.env_steps, "wall_s": agent.wall_time,
+           "steps_per_s": agent.env_steps / max(agent.wall_time, 1e-9), "cpu_s": cpu,
+           "steps_per_cpu_s": agent.env_steps / cpu, "learning_curve": agent.learning_curve_path}
+    if eval_episodes:
+        envs = make_vec_env("ALE/Breakout-v5", min(eval_episodes, 8), env_kwargs={"max_episode_steps": eval_max_steps},
+                            record_stats=False, backend="envpool" if backend == "envpool" else "sync")
+        returns, lengths = evaluate_policy(agent.policy.eval(), envs, eval_episodes, True, None, torch.device("cpu"),
+                                           seed + 10_000)
+        envs.close()
+        row.update(eval_returns=returns.tolist(), eval_lengths=lengths.tolist(), eval_max_steps=eval_max_steps)
+    return row
 
 
 def train_sb3(steps: int, seed: int) -> dict[str, Any]:
@@ -102,12 +125,13 @@ def train_sb3(steps: int, seed: int) -> dict[str, Any]:
     model = sb3.PPO("CnnPolicy", venv, n_steps=128, batch_size=256, n_epochs=4, learning_rate=lambda p: 2.5e-4 * p,
                     gamma=0.99, gae_lambda=0.95, clip_range=0.1, clip_range_vf=0.1, ent_coef=0.01, vf_coef=0.5,
                     max_grad_norm=0.5, seed=seed, device="cpu", verbose=0)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     model.learn(total_timesteps=steps)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     recent = [ep["r"] for ep in model.ep_info_buffer]
     return {"last100_return": statistics.fmean(recent) if recent else None, "games": len(recent),
-            "env_steps": model.num_timesteps, "wall_s": wall, "steps_per_s": model.num_timesteps / wall}
+            "env_steps": model.num_timesteps, "wall_s": wall, "steps_per_s": model.num_timesteps / wall,
+            "cpu_s": cpu, "steps_per_cpu_s": model.num_timesteps / cpu}
 
 
 def rollout_only(env: str, backend: str, rollouts: int) -> float:
@@ -157,6 +181,8 @@ def main() -> None:
     p.add_argument("--sb3-steps", type=int, default=None, help="train: SB3's env steps (default --steps; 0 = skip)")
     p.add_argument("--backend", choices=["sync", "async", "envpool"], default="envpool")
     p.add_argument("--random-episodes", type=int, default=20)
+    p.add_argument("--eval-episodes", type=int, default=10, help="train: greedy games after training (0 = none)")
+    p.add_argument("--eval-max-steps", type=int, default=4500, help="train: agent steps per evaluation game at most")
     p.add_argument("--envs", nargs="+", choices=sorted(CONFIGS), default=sorted(CONFIGS))
     p.add_argument("--backends", nargs="+", choices=["sync", "async", "envpool"], default=["sync", "async", "envpool"])
     p.add_argument("--procs", type=int, nargs="+", default=[1, 2], help="throughput: DDP processes on CPU")
@@ -188,12 +214,15 @@ def main() -> None:
         sb3_steps = opts.steps if opts.sb3_steps is None else opts.sb3_steps
         rnd = measure(f"random/{opts.random_episodes}/{seed}", lambda: random_play(opts.random_episodes, seed))
         fg = measure(f"fusegen/{opts.backend}/{opts.steps}/{seed}",
-                     lambda: train_fusegen(opts.steps, seed, opts.backend, str(out / "rl_atari_runs")))["value"]
+                     lambda: train_fusegen(opts.steps, seed, opts.backend, str(out / "rl_atari_runs"),
+                                           opts.eval_episodes, opts.eval_max_steps))["value"]
         summary.update(steps=opts.steps, backend=opts.backend, random_return=rnd["value"], fusegen=fg,
                        return_over_random=(fg["last100_return"] or 0) / max(rnd["value"], 1e-9))
         if sb3_steps:
             sb = measure(f"sb3/{sb3_steps}/{seed}", lambda: train_sb3(sb3_steps, seed))["value"]
             summary.update(sb3=sb, steps_per_s_ratio_fusegen_over_sb3=fg["steps_per_s"] / sb["steps_per_s"])
+            if "steps_per_cpu_s" in fg and "steps_per_cpu_s" in sb:  # the load-independent twin (CPU seconds)
+                summary["steps_per_cpu_s_ratio_fusegen_over_sb3"] = fg["steps_per_cpu_s"] / sb["steps_per_cpu_s"]
     else:
         table = {}
         for env in opts.envs:
