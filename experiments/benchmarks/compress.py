@@ -21,7 +21,8 @@ the state dict; pruned also as sparse tensors), CPU latency per batch of 32 and 
 Targets checked: student <= 1/4 of the teacher's parameters within 1.5 points; int8 MiniLM within
 1 point of fp32 and >= 1.5x faster per batch of 32. Trained runs are kept under ``--out`` and reused when
 they finished with the same overrides (``--retrain`` to redo), so an interrupted benchmark resumes where it
-stopped and a changed budget trains afresh.
+stopped and a changed budget trains afresh; ``--train-only`` trains runs without measuring, e.g. the two
+pruned runs in parallel processes while the teacher trains.
 """
 
 from __future__ import annotations
@@ -156,16 +157,19 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
     out = Path(args.out)
     base = budget_overrides(name, args)
     models: dict[str, torch.nn.Module] = {}
-    teacher, dm = train(CONFIGS[name]["teacher"], base, out, f"{name}-teacher", args.retrain)
-    models["teacher"] = teacher
     variants = [v for v in args.variants.split(",") if v]
+    if args.train_only and "teacher" not in variants and "student" not in variants:
+        teacher = dm = None  # the pruned runs train from scratch: they need no teacher
+    else:
+        teacher, dm = train(CONFIGS[name]["teacher"], base, out, f"{name}-teacher", args.retrain)
+        models["teacher"] = teacher
     if "student" in variants:
         models["student"], _ = train(CONFIGS[name]["student"], [
             *budget_overrides(name, args, args.student_epochs),
             "--model.init_args.teacher_checkpoint", str(out / f"{name}-teacher/checkpoints/last.ckpt")],
             out, f"{name}-student", args.retrain)
     for backend in ("ao", "torchao"):
-        if f"int8_{backend}" in variants:
+        if f"int8_{backend}" in variants and not args.train_only:
             models[f"int8_{backend}"] = quantize_int8(teacher, backend)
     start_epoch, end_epoch = pruning_window(epochs(name, args))
     for pct in (50, 80):
@@ -174,6 +178,8 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
                 "--config", str(PRUNING), *base, "--trainer.callbacks.final_sparsity", str(pct / 100),
                 "--trainer.callbacks.start_epoch", str(start_epoch), "--trainer.callbacks.end_epoch", str(end_epoch)],
                 out, f"{name}-pruned{pct}", args.retrain)
+    if args.train_only:
+        return {"benchmark": "compress", "model": name, "trained": sorted(models), "budget": " ".join(base)}
     torch.set_num_threads(args.threads)
     batches = test_batches(dm, args.eval_limit)
     result: dict[str, Any] = {"benchmark": "compress", "model": name, "threads": args.threads,
@@ -232,6 +238,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--student-epochs", type=int, default=None,
                         help="epochs of the distilled student (default: the teacher's)")
     parser.add_argument("--retrain", action="store_true")
+    parser.add_argument("--train-only", action="store_true",
+                        help="train (or reuse) the runs of --variants and stop: independent runs can train in "
+                             "parallel processes, then one run without this flag measures them side by side")
     args = parser.parse_args(argv)
     for name in args.models.split(","):
         if name not in CONFIGS:
