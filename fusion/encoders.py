@@ -634,6 +634,9 @@ class PretrainedAudioEncoder(Encoder):
         self.input_sample_rate = input_sample_rate
         self.proj, self.out_dim = _projection(width, out_dim)
         self.input_shapes = ((None,), (1, None))
+        # torchaudio's get_model() and transformers' from_pretrained return the model in eval mode
+        # (dropout off), and Lightning's fit keeps submodule modes as it finds them: train mode here.
+        self.train()
         if freeze:
             self.freeze()
 
@@ -724,6 +727,9 @@ class TransformerTextEncoder(Encoder):
         hidden = self.model.config.hidden_size
         self.proj, self.out_dim = _projection(hidden, out_dim)
         self.input_shapes = ((None,),)
+        # from_pretrained returns the model in eval mode (dropout off), and Lightning's fit keeps
+        # submodule modes as it finds them: fine-tuning needs train mode, as a fresh module has.
+        self.train()
         if freeze:
             self.freeze()
 

@@ -142,3 +142,20 @@ def test_pruning_follows_its_schedule_and_is_permanent_in_checkpoints(tmp_path):
     assert zeros == pytest.approx(0.8, abs=0.01)
     assert not [k for k, _ in model.named_buffers() if k.endswith("_mask")]  # permanent in the model too
     assert size_on_disk(model, sparse=True) < size_on_disk(model)
+
+
+def test_the_benchmark_prunes_before_the_last_epoch_and_reuses_only_matching_runs(tmp_path):
+    from experiments.benchmarks.compress import pruning_window, reusable
+
+    assert pruning_window(1) == (0, 0) and pruning_window(2) == (0, 0) and pruning_window(5) == (1, 3)
+    for max_epochs in range(2, 13):
+        start, end = pruning_window(max_epochs)
+        assert 0 <= start <= end <= max_epochs - 2  # at least one epoch trains after the last pruning step
+        assert cubic_sparsity(end, 0.8, start, end) == 0.8 and cubic_sparsity(start, 0.8, start, end) > 0
+    done = tmp_path / "finished.json"
+    assert not reusable(done, ["--trainer.max_epochs", "5"])  # never finished: trained again
+    done.write_text('{"overrides": ["--trainer.max_epochs", "5"], "seconds": 3}')
+    assert reusable(done, ["--trainer.max_epochs", "5"])
+    assert not reusable(done, ["--trainer.max_epochs", "2"])  # another budget: trained again
+    done.write_text("{not json")
+    assert not reusable(done, ["--trainer.max_epochs", "5"])

@@ -93,6 +93,33 @@ def test_text_encoder_random_init_and_local_pretrained_minilm():
                               minilm.model.embeddings.word_embeddings.weight)
 
 
+def test_pretrained_text_encoder_fine_tunes_with_dropout_on(tmp_path):
+    # transformers' from_pretrained returns eval mode and Lightning's fit keeps submodule modes, so
+    # without the encoder switching to train mode a fine-tuned model would train with dropout off.
+    import pytorch_lightning as pl
+    from transformers import BertConfig, BertModel
+
+    from datamodules import SyntheticMultimodalDataModule
+    from fusion import ConcatFusion, FusionClassifier
+
+    folder = tmp_path / "tiny-bert"
+    BertModel(BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32, max_position_embeddings=32)).save_pretrained(folder)
+    enc = TextEncoder(str(folder))
+    model = FusionClassifier({"text": enc}, ConcatFusion, num_classes=10)
+    seen: list[list[bool]] = []
+
+    class DropoutModes(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append([m.training for m in enc.model.modules() if isinstance(m, torch.nn.Dropout)])
+
+    trainer = pl.Trainer(max_steps=2, limit_val_batches=1, num_sanity_val_steps=1, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[DropoutModes()])
+    trainer.fit(model, datamodule=SyntheticMultimodalDataModule(num_train=32, num_val=16, num_test=16, batch_size=16))
+    assert len(seen) == 2 and all(modes and all(modes) for modes in seen), seen
+    assert not TextEncoder(str(folder), freeze=True).model.training  # a frozen encoder stays in eval mode
+
 def test_text_encoder_unknown_path_or_type_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no-such-model.*config.json.*minilm"):
         TextEncoder(str(tmp_path / "no-such-model"))

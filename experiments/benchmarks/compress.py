@@ -14,11 +14,15 @@ the state dict; pruned also as sparse tensors), CPU latency per batch of 32 and 
 * ``student``: distilled from it (``experiments/ship/*-student.yaml``);
 * ``int8_ao`` / ``int8_torchao``: the teacher after dynamic int8 quantisation of its Linear layers
   (``torch.ao.quantization.quantize_dynamic`` / torchao ``Int8DynamicActivationInt8WeightConfig``);
-* ``pruned50`` / ``pruned80``: trained with ``experiments/presets/pruning.yaml`` (global L1, cubic schedule).
+* ``pruned50`` / ``pruned80``: trained with ``experiments/presets/pruning.yaml`` (global L1, cubic schedule)
+  for the teacher's budget, pruning in the window of ``pruning_window`` so the last epoch(s) recover from
+  the final pruning step.
 
 Targets checked: student <= 1/4 of the teacher's parameters within 1.5 points; int8 MiniLM within
-1 point of fp32 and >= 1.5x faster per batch of 32. Trained runs are kept under ``--out`` and reused
-(``--retrain`` to redo), so an interrupted benchmark resumes where it stopped.
+1 point of fp32 and >= 1.5x faster per batch of 32. Trained runs are kept under ``--out`` and reused when
+they finished with the same overrides (``--retrain`` to redo), so an interrupted benchmark resumes where it
+stopped and a changed budget trains afresh; ``--train-only`` trains runs without measuring, e.g. the two
+pruned runs in parallel processes while the teacher trains.
 """
 
 from __future__ import annotations
@@ -46,12 +50,33 @@ PRUNING = REPO / "experiments/presets/pruning.yaml"
 VARIANTS = ("teacher", "student", "int8_ao", "int8_torchao", "pruned50", "pruned80")
 
 
-def budget_overrides(name: str, args: argparse.Namespace) -> list[str]:
-    if name == "avmnist":
-        return ["--data.init_args.train_limit", str(args.avmnist_train_limit),
-                "--trainer.max_epochs", str(args.avmnist_epochs), "--trainer.limit_val_batches", "4"]
-    return ["--data.init_args.train_limit", str(args.minilm_train_limit),
-            "--trainer.max_epochs", str(args.minilm_epochs), "--trainer.limit_val_batches", "2"]
+def epochs(name: str, args: argparse.Namespace) -> int:
+    return args.avmnist_epochs if name == "avmnist" else args.minilm_epochs
+
+
+def budget_overrides(name: str, args: argparse.Namespace, max_epochs: int | None = None) -> list[str]:
+    limit = args.avmnist_train_limit if name == "avmnist" else args.minilm_train_limit
+    return ["--data.init_args.train_limit", str(limit), "--trainer.max_epochs", str(max_epochs or epochs(name, args)),
+            "--trainer.limit_val_batches", "4" if name == "avmnist" else "2"]
+
+
+def pruning_window(max_epochs: int) -> tuple[int, int]:
+    """``(start_epoch, end_epoch)`` of the sparsity schedule for a run of ``max_epochs``: dense for the
+    first quarter, the last pruning step before the final quarter (at least one epoch), which then
+    recovers from it. Pruning at the very end leaves the last cut's damage untrained (Zhu & Gupta
+    prune over a window and keep training after it)."""
+    if max_epochs < 2:
+        return 0, 0
+    start = max_epochs // 4
+    return start, max(start, max_epochs - 1 - max(1, max_epochs // 4))
+
+
+def reusable(done: Path, overrides: list[str]) -> bool:
+    """A kept run is reused only if it finished (``finished.json``) with exactly these overrides."""
+    try:
+        return json.loads(done.read_text()).get("overrides") == overrides
+    except (OSError, ValueError):
+        return False
 
 
 def train(config: Path, overrides: list[str], out: Path, experiment: str, retrain: bool) -> tuple[Any, Any]:
@@ -61,7 +86,7 @@ def train(config: Path, overrides: list[str], out: Path, experiment: str, retrai
 
     ckpt = out / experiment / "checkpoints" / "last.ckpt"
     done = out / experiment / "finished.json"  # a fit that was killed or failed leaves none: it is redone
-    fit = retrain or not ckpt.is_file() or not done.is_file()
+    fit = retrain or not ckpt.is_file() or not reusable(done, overrides)
     started = time.time()
     if fit:
         run = run_experiment(config, overrides, out, experiment, fit=True)
@@ -132,27 +157,38 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
     out = Path(args.out)
     base = budget_overrides(name, args)
     models: dict[str, torch.nn.Module] = {}
-    teacher, dm = train(CONFIGS[name]["teacher"], base, out, f"{name}-teacher", args.retrain)
-    models["teacher"] = teacher
     variants = [v for v in args.variants.split(",") if v]
+    if args.train_only and "teacher" not in variants and "student" not in variants:
+        teacher = dm = None  # the pruned runs train from scratch: they need no teacher
+    else:
+        teacher, dm = train(CONFIGS[name]["teacher"], base, out, f"{name}-teacher", args.retrain)
+        models["teacher"] = teacher
     if "student" in variants:
         models["student"], _ = train(CONFIGS[name]["student"], [
-            *base, "--model.init_args.teacher_checkpoint", str(out / f"{name}-teacher/checkpoints/last.ckpt")],
+            *budget_overrides(name, args, args.student_epochs),
+            "--model.init_args.teacher_checkpoint", str(out / f"{name}-teacher/checkpoints/last.ckpt")],
             out, f"{name}-student", args.retrain)
     for backend in ("ao", "torchao"):
-        if f"int8_{backend}" in variants:
+        if f"int8_{backend}" in variants and not args.train_only:
             models[f"int8_{backend}"] = quantize_int8(teacher, backend)
+    start_epoch, end_epoch = pruning_window(epochs(name, args))
     for pct in (50, 80):
         if f"pruned{pct}" in variants:
-            end_epoch = max(0, (args.avmnist_epochs if name == "avmnist" else args.minilm_epochs) - 1)
             models[f"pruned{pct}"], _ = train(CONFIGS[name]["teacher"], [
                 "--config", str(PRUNING), *base, "--trainer.callbacks.final_sparsity", str(pct / 100),
-                "--trainer.callbacks.end_epoch", str(end_epoch)], out, f"{name}-pruned{pct}", args.retrain)
+                "--trainer.callbacks.start_epoch", str(start_epoch), "--trainer.callbacks.end_epoch", str(end_epoch)],
+                out, f"{name}-pruned{pct}", args.retrain)
+    if args.train_only:
+        return {"benchmark": "compress", "model": name, "trained": sorted(models), "budget": " ".join(base)}
     torch.set_num_threads(args.threads)
     batches = test_batches(dm, args.eval_limit)
     result: dict[str, Any] = {"benchmark": "compress", "model": name, "threads": args.threads,
                               "repeats": args.repeats, "eval_samples": sum(len(b["label"]) for b in batches),
                               "budget": " ".join(base), "variants": {}}
+    if "student" in models:
+        result["student_budget"] = " ".join(budget_overrides(name, args, args.student_epochs))
+    if any(k.startswith("pruned") for k in models):
+        result["pruning_window"] = [start_epoch, end_epoch]
     b32, b1 = rebatch(batches, 32), rebatch(batches, 1)
     lat32 = paired_latency({k: (lambda m=m: m(b32)) for k, m in models.items()}, args.repeats)
     lat1 = paired_latency({k: (lambda m=m: m(b1)) for k, m in models.items()}, args.repeats)
@@ -198,8 +234,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--avmnist-train-limit", type=int, default=5000)
     parser.add_argument("--avmnist-epochs", type=int, default=3)
     parser.add_argument("--minilm-train-limit", type=int, default=2000)
-    parser.add_argument("--minilm-epochs", type=int, default=1)
+    parser.add_argument("--minilm-epochs", type=int, default=2)
+    parser.add_argument("--student-epochs", type=int, default=None,
+                        help="epochs of the distilled student (default: the teacher's)")
     parser.add_argument("--retrain", action="store_true")
+    parser.add_argument("--train-only", action="store_true",
+                        help="train (or reuse) the runs of --variants and stop: independent runs can train in "
+                             "parallel processes, then one run without this flag measures them side by side")
     args = parser.parse_args(argv)
     for name in args.models.split(","):
         if name not in CONFIGS:
