@@ -110,6 +110,28 @@ def test_a_missing_label_column_is_named_with_the_columns_the_data_has(two_label
         bad.setup()
 
 
+def test_streamed_label_columns_need_their_classes_and_then_carry_their_keys(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "SLEEP_TIME_ON_THREADS_SHUTDOWN", 0)
+    datasets.Dataset.from_list(two_label_rows(40, 0)).to_parquet(str(tmp_path / "s.parquet"))
+    files = {"train": str(tmp_path / "s.parquet")}
+    common = dict(path="parquet", streaming=True, class_names=list(COLOURS), label_columns={"big": "size"})
+    with pytest.raises(DataError, match=r"column 'size'.*label_class_names: \{big: \[...\]\}"):
+        two_label_dm(files, **common).setup()
+    dm = two_label_dm(files, **common, label_class_names={"big": ["1", "0"]})  # "1" (large) is class 0
+    dm.setup()
+    assert dm.label_classes["big"] == ["1", "0"]
+    seen = 0
+    for batch in dm.train_dataloader():
+        for ids, mask, big in zip(batch["text"]["input_ids"], batch["text"]["attention_mask"], batch["big"].tolist()):
+            caption = bytes((ids[mask.bool()][1:-1] - 3).tolist()).decode()  # the byte tokenizer's ids
+            assert ("large" in caption) == (big == 0), (caption, big)
+            seen += 1
+    assert seen == 40
+
+
 def test_hf_label_columns_train_both_heads_of_a_multitask_model_by_config(two_label_csvs, tmp_path: Path,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """The config's tasks read the datamodule's label keys; each head learns its own label."""
