@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                             "steps", "mt_fraction", "test_limit")}
     saved = out / "budget.json"
     if saved.is_file() and json.loads(saved.read_text()) != budget:
-        raise SystemExit(f"--out {out} holds runs of another budget ({saved.read_text().strip()}, now {budget}): "
+        raise SystemExit(f"--out {out} holds runs of another budget ({json.loads(saved.read_text())}, now {budget}): "
                          "its finished pieces would be reused; give a new --out")
     atomic_write_json(saved, budget)
     start = time.perf_counter()
