@@ -50,6 +50,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from datamodules.base import BatchedDataset, RealDataModule, collate
+from datamodules.budget import check_budget, label_budget
 from datamodules.cache import problem, repair_warning, write_verified
 from datamodules.checks import DATA, check_choice, check_real, check_value
 from datamodules.files import atomic_folder
@@ -512,6 +513,11 @@ class HFDataModule(RealDataModule):
             as files. Under DDP all ranks stop an epoch when the first runs out of rows, so up to
             a few batches' rows per rank are skipped that epoch (in ``predict`` too).
         cache: keep decoded arrays under ``datamodules.paths.cache_dir("hf")``.
+        labels_per_class / label_fraction / budget_seed: a label budget on the training rows (one of
+            them; ``datamodules.budget``): N rows of every class of ``label``, or a fraction of the
+            rows, class-stratified, seeded by ``budget_seed`` (default ``seed``); ``unlabelled_rows``
+            holds the others' positions in the whole train split (for label-free pretraining, which
+            uses the datamodule without a budget). Not with ``streaming``.
     """
 
     def __init__(self, path: str, data_files: str | list[str] | dict[str, str | list[str]] | None = None,
@@ -525,8 +531,13 @@ class HFDataModule(RealDataModule):
                  augment: bool | list[dict] = False, sample_rate: int = 8000, audio_length: int = 8000,
                  audio_format: str = "waveform", tokenizer: str = "minilm", max_length: int = 64,
                  batch_size: int = 64, num_workers: int = 0, streaming: bool = False, shuffle_buffer: int = 1000,
-                 cache: bool = True) -> None:
+                 cache: bool = True, labels_per_class: int | None = None, label_fraction: float | None = None,
+                 budget_seed: int | None = None) -> None:
         super().__init__()
+        check_budget(labels_per_class, label_fraction)
+        if streaming and (labels_per_class is not None or label_fraction is not None):
+            raise ValueError(f"{DATA}labels_per_class / label_fraction need every training label up front: use "
+                             "streaming: false for a label budget")
         check_choice("audio_format", audio_format, ("waveform", "spectrogram"), prefix=DATA)
         check_value("image_channels", image_channels, image_channels in (1, 3), "1 (grey) or 3 (RGB)", prefix=DATA)
         for key, v in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
@@ -542,6 +553,7 @@ class HFDataModule(RealDataModule):
         self.kinds: dict[str, str] = {}
         self.modalities: tuple[str, ...] = ()
         self.streams: dict[str, StreamingSet] = {}
+        self.unlabelled_rows: torch.Tensor = torch.zeros(0, dtype=torch.long)
         self.extra_class_names: dict[str, list[str]] = {k: list(v) for k, v in (label_class_names or {}).items()}
 
     @property
@@ -1024,6 +1036,13 @@ class HFDataModule(RealDataModule):
         self.extra_class_names = dict(meta.get("label_classes") or {})
         self.modalities = tuple(self.columns)
         augment = self._augment()
+        hp = self.hparams
+        if hp.labels_per_class is not None or hp.label_fraction is not None:  # after the cache: it holds every row
+            keep, rest = label_budget(arrays["train"]["label"], hp.labels_per_class, hp.label_fraction,
+                                      hp.seed if hp.budget_seed is None else hp.budget_seed)
+            self.unlabelled_rows = torch.from_numpy(rest)
+            arrays["train"] = {k: [v[i] for i in keep.tolist()] if k == "id" else v[torch.from_numpy(keep)]
+                               for k, v in arrays["train"].items()}
         self.splits = {s: ArraySet(a, self.kinds, augment if s == "train" else None) for s, a in arrays.items()}
         self._check_against_model()
 

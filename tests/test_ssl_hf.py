@@ -132,6 +132,32 @@ def test_streamed_label_columns_need_their_classes_and_then_carry_their_keys(tmp
     assert seen == 40
 
 
+def test_a_label_budget_on_hf_data_is_stratified_seeded_and_keeps_every_label_key(two_label_csvs) -> None:
+    full = two_label_dm(two_label_csvs, label_columns=["size"])
+    full.setup()
+    whole = full.splits["train"].get_batch(torch.arange(len(full.splits["train"])))
+    dm = two_label_dm(two_label_csvs, label_columns=["size"], labels_per_class=10, budget_seed=5)
+    dm.setup()
+    train = dm.splits["train"].get_batch(torch.arange(len(dm.splits["train"])))
+    assert len(train["label"]) == 30 and torch.bincount(train["label"]).tolist() == [10, 10, 10]
+    keep = np.setdiff1d(np.arange(len(whole["label"])), dm.unlabelled_rows.numpy())
+    assert len(keep) + len(dm.unlabelled_rows) == len(whole["label"]) == 192  # 240 rows less 20 % for val
+    for key in ("label", "size", "index"):  # every key of a kept row travels with it
+        assert torch.equal(train[key], whole[key][keep]), key
+    assert torch.equal(train["text"]["input_ids"], whole["text"]["input_ids"][keep])
+    assert len(dm.splits["val"]) == len(full.splits["val"]) and len(dm.splits["test"]) == 120
+    same = two_label_dm(two_label_csvs, label_columns=["size"], labels_per_class=10, budget_seed=5)
+    other = two_label_dm(two_label_csvs, label_columns=["size"], labels_per_class=10, budget_seed=6)
+    tenth = two_label_dm(two_label_csvs, label_fraction=0.1)
+    for d in (same, other, tenth):
+        d.setup()
+    assert torch.equal(same.unlabelled_rows, dm.unlabelled_rows)
+    assert not torch.equal(other.unlabelled_rows, dm.unlabelled_rows)
+    assert len(tenth.splits["train"]) == 19  # round(0.1 * 192)
+    with pytest.raises(ValueError, match=r"label_fraction need every training label.*streaming: false"):
+        two_label_dm(two_label_csvs, streaming=True, labels_per_class=3)
+
+
 def test_hf_label_columns_train_both_heads_of_a_multitask_model_by_config(two_label_csvs, tmp_path: Path,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """The config's tasks read the datamodule's label keys; each head learns its own label."""
