@@ -235,6 +235,11 @@ class AVMNISTDataModule(RealDataModule):
     def class_names(self) -> list[str]:
         return list(DIGIT_NAMES)
 
+    @property
+    def label_classes(self) -> dict[str, list[str]]:
+        """Label key -> class names (the speakers after ``setup``)."""
+        return {"label": self.class_names, "speaker": list(self.speaker_names)}
+
     def __init__(
         self,
         root: str | None = None,

@@ -8,6 +8,7 @@ folders, ``save_to_disk`` folders or Hub ids, mapped onto fusegen's dict-batch c
         data_files: {train: my_data/train.csv, test: my_data/test.csv}
         columns: {image: picture, audio: recording, text: caption}
         label_column: label
+        label_columns: {speaker: owner}     # more labels for multi-task: batch["speaker"]
 
 What happens in ``setup``:
   1. the dataset is loaded (``datasets.load_dataset`` / ``load_from_disk``); Image/Audio features
@@ -49,6 +50,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from datamodules.base import BatchedDataset, RealDataModule, collate
+from datamodules.budget import check_budget, label_budget
 from datamodules.cache import problem, repair_warning, write_verified
 from datamodules.checks import DATA, check_choice, check_real, check_value
 from datamodules.files import atomic_folder
@@ -61,6 +63,8 @@ IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", 
 AUDIO_EXT = {".wav", ".flac", ".ogg", ".aiff", ".aif", ".au", ".mp3"}
 SPLIT_NAMES = {"train": ("train",), "val": ("validation", "val", "valid", "dev"), "test": ("test",)}
 CACHE_VERSION = 2  # 2: every cache file has a size + sha256 manifest
+EXTRA_LABEL = "label:"  # array-name prefix of the label_columns' labels (``label:speaker``)
+RESERVED_KEYS = ("label", "index", "present", "id")
 
 
 class DataError(ValueError):
@@ -267,6 +271,9 @@ def _batch_from_arrays(data: dict[str, torch.Tensor], index: torch.Tensor, kinds
     batch: dict[str, Any] = {"label": data["label"][index], "index": data["index"][index], "present": {}}
     if "id" in data:  # the id column's values as the file holds them (strings or numbers)
         batch["id"] = [data["id"][i] for i in index.tolist()]
+    for k, v in data.items():  # label_columns: one batch key each
+        if k.startswith(EXTRA_LABEL):
+            batch[k[len(EXTRA_LABEL):]] = v[index]
     for m, kind in kinds.items():
         if kind == "text":
             batch[m] = {"input_ids": data[f"{m}.input_ids"][index],
@@ -327,9 +334,11 @@ class StreamingSet(IterableDataset):
     read-modify-write), which gave two workers, or two ranks, different shard orders."""
 
     def __init__(self, ds: Any, preparer: Preparer, columns: dict[str, str], labeler: Labeler,
-                 id_column: str | None, batch_size: int, folder: Path, augment: Any = None) -> None:
+                 id_column: str | None, batch_size: int, folder: Path, augment: Any = None,
+                 extra_labelers: dict[str, Labeler] | None = None) -> None:
         self.ds, self.preparer, self.columns, self.labeler, self.folder = ds, preparer, columns, labeler, folder
         self.id_column, self.batch_size, self.augment = id_column, batch_size, augment
+        self.extra_labelers = dict(extra_labelers or {})
 
     def __iter__(self) -> Iterator[dict]:
         rows: list[dict] = []
@@ -349,6 +358,8 @@ class StreamingSet(IterableDataset):
                  for m, c in self.columns.items()}
         arrays = self.preparer.rows(cells, where, self.columns)
         arrays["label"] = np.array([self.labeler(r[self.labeler.column], w) for r, w in zip(rows, where)])
+        for key, labeler in self.extra_labelers.items():
+            arrays[EXTRA_LABEL + key] = np.array([labeler(r[labeler.column], w) for r, w in zip(rows, where)])
         arrays["index"] = _index_of_ids(ids, np.full(len(rows), -1, dtype=np.int64))
         data = _to_tensors(arrays)
         if self.id_column:
@@ -402,14 +413,61 @@ class EvenStream:
 # The DataModule
 # ----------------------------------------------------------------------------------------------
 
+def _infer_class_names(features: Any, column: str, labels: list[Any], option: str) -> list[str]:
+    """A label column's classes: the ``ClassLabel`` feature's names; else, for integer labels,
+    ``"0"`` .. ``"max"``; else the sorted values."""
+    import datasets
+
+    feat = features.get(column) if features is not None else None
+    if isinstance(feat, datasets.ClassLabel):
+        return list(feat.names)
+    values = {v for v in labels if not _is_empty(v)}
+    if not values:
+        raise DataError(f"HFDataModule: {option} {column!r} is empty in every row")
+    if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 0 for v in values):
+        # integer labels keep their value as the class index (0..max), even where a class has no rows
+        return [str(v) for v in range(int(max(values)) + 1)]
+    return sorted(str(v) for v in values)
+
+
+def _label_columns(label_columns: Any, class_names: Any) -> dict[str, str]:
+    """``label_columns`` as ``{batch_key: column}`` (a list serves each column under its name),
+    checked: keys usable as batch keys, not the reserved ones, ``label_class_names`` keys among them."""
+    if label_columns is None:
+        out: dict[str, str] = {}
+    elif isinstance(label_columns, (list, tuple)):
+        out = {str(c): str(c) for c in label_columns}
+        check_value("label_columns", label_columns, len(out) == len(label_columns) and all(
+            isinstance(c, str) for c in label_columns), "a list of distinct column names", prefix=DATA)
+    elif isinstance(label_columns, dict):
+        out = dict(label_columns)
+        check_value("label_columns", label_columns, all(isinstance(c, str) for c in out.values()),
+                    "{batch_key: column name}", prefix=DATA)
+    else:
+        raise ValueError(f"{DATA}label_columns = {label_columns!r} is not allowed: a list of column names or "
+                         "{batch_key: column}")
+    for key in out:
+        check_value(f"label_columns.{key}", out[key], isinstance(key, str) and key.isidentifier()
+                    and key not in RESERVED_KEYS,
+                    f"a batch key that is an identifier and none of {list(RESERVED_KEYS)} (the main label is "
+                    "label_column's, served as 'label')", prefix=DATA)
+    unknown = sorted(set(class_names or {}) - set(out))
+    if unknown:
+        raise ValueError(f"{DATA}label_class_names has {unknown}, which label_columns does not serve; its keys: "
+                         f"{sorted(out)}")
+    return out
+
+
 class HFDataModule(RealDataModule):
     """A LightningDataModule on Hugging Face ``datasets`` for the user's own data.
 
     Batches: ``{<modality>: ..., "label": LongTensor[B], "index": LongTensor[B], "present":
     {<modality>: BoolTensor[B]}}`` with one key per entry of ``columns``; ``index`` is the row's
-    number within its split (for predictions); with ``id_column`` also ``"id"``: the ids, a list.
-    After ``setup``: ``num_classes``, ``class_names``, ``modalities`` (the batch keys) and
-    ``kinds`` (modality -> image/audio/text).
+    number within its split (for predictions); with ``id_column`` also ``"id"``: the ids, a list;
+    with ``label_columns`` one ``LongTensor[B]`` more per entry. After ``setup``: ``num_classes``,
+    ``class_names``, ``modalities`` (the batch keys), ``kinds`` (modality -> image/audio/text),
+    ``label_keys`` (``"label"`` and the ``label_columns`` keys) and ``label_classes`` (label key ->
+    its class names; ``len`` is a ``MultiTaskClassifier`` task's ``num_classes``).
 
     Args:
         path: a ``datasets`` builder (``csv``, ``json``, ``parquet``, ``imagefolder``,
@@ -425,6 +483,12 @@ class HFDataModule(RealDataModule):
         kinds: ``{modality: image|audio|text}`` for modalities whose kind is not their name and
             cannot be inferred from the data (image/audio features, file extensions; else text).
         label_column: the column holding the class (any column: this is also how to relabel).
+        label_columns: more label columns, for multi-task models: ``{batch_key: column}`` (or a list
+            of columns, each served under its own name). Each becomes ``batch[batch_key]``, class
+            indices inferred as for ``label_column``; a ``MultiTaskClassifier`` task reads it with
+            ``label_key: batch_key``.
+        label_class_names: ``{batch_key: [classes in order]}`` for ``label_columns`` entries (as
+            ``class_names`` is for ``label_column``); needed when streaming without ClassLabel features.
         class_names: the classes in order (default: the ``ClassLabel`` feature's names; else, for
             integer labels, ``"0"`` .. ``"max"`` so a label's value is its index; else the sorted
             label values of all splits). A label not among them is an error.
@@ -449,25 +513,38 @@ class HFDataModule(RealDataModule):
             as files. Under DDP all ranks stop an epoch when the first runs out of rows, so up to
             a few batches' rows per rank are skipped that epoch (in ``predict`` too).
         cache: keep decoded arrays under ``datamodules.paths.cache_dir("hf")``.
+        labels_per_class / label_fraction / budget_seed: a label budget on the training rows (one of
+            them; ``datamodules.budget``): N rows of every class of ``label``, or a fraction of the
+            rows, class-stratified, seeded by ``budget_seed`` (default ``seed``); ``unlabelled_rows``
+            holds the others' positions in the whole train split (for label-free pretraining, which
+            uses the datamodule without a budget). Not with ``streaming``.
     """
 
     def __init__(self, path: str, data_files: str | list[str] | dict[str, str | list[str]] | None = None,
                  data_dir: str | None = None, name: str | None = None, columns: dict[str, str] | None = None,
                  kinds: dict[str, str] | None = None, label_column: str = "label",
                  class_names: list[str] | None = None, id_column: str | None = None,
+                 label_columns: list[str] | dict[str, str] | None = None,
+                 label_class_names: dict[str, list[str]] | None = None,
                  val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0,
                  image_size: int | list[int] = 28, image_channels: int = 1, image_convert: bool = False,
                  augment: bool | list[dict] = False, sample_rate: int = 8000, audio_length: int = 8000,
                  audio_format: str = "waveform", tokenizer: str = "minilm", max_length: int = 64,
                  batch_size: int = 64, num_workers: int = 0, streaming: bool = False, shuffle_buffer: int = 1000,
-                 cache: bool = True) -> None:
+                 cache: bool = True, labels_per_class: int | None = None, label_fraction: float | None = None,
+                 budget_seed: int | None = None) -> None:
         super().__init__()
+        check_budget(labels_per_class, label_fraction)
+        if streaming and (labels_per_class is not None or label_fraction is not None):
+            raise ValueError(f"{DATA}labels_per_class / label_fraction need every training label up front: use "
+                             "streaming: false for a label budget")
         check_choice("audio_format", audio_format, ("waveform", "spectrogram"), prefix=DATA)
         check_value("image_channels", image_channels, image_channels in (1, 3), "1 (grey) or 3 (RGB)", prefix=DATA)
         for key, v in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
             check_real(key, v, 0.0, 1.0, high_open=True, prefix=DATA)
         for m, k in (kinds or {}).items():
             check_choice(f"kinds.{m}", k, KINDS, prefix=DATA)
+        self.label_columns = _label_columns(label_columns, label_class_names)
         self.save_hyperparameters()
         size = image_size if isinstance(image_size, (list, tuple)) else (image_size, image_size)
         self.image_size = (int(size[0]), int(size[1]))
@@ -476,6 +553,18 @@ class HFDataModule(RealDataModule):
         self.kinds: dict[str, str] = {}
         self.modalities: tuple[str, ...] = ()
         self.streams: dict[str, StreamingSet] = {}
+        self.unlabelled_rows: torch.Tensor = torch.zeros(0, dtype=torch.long)
+        self.extra_class_names: dict[str, list[str]] = {k: list(v) for k, v in (label_class_names or {}).items()}
+
+    @property
+    def label_keys(self) -> tuple[str, ...]:
+        """The batch keys holding a label: ``label`` and one per ``label_columns`` entry."""
+        return ("label", *self.label_columns)
+
+    @property
+    def label_classes(self) -> dict[str, list[str]]:
+        """Label key -> class names (after ``setup``)."""
+        return {"label": self.class_names, **{k: self.extra_class_names.get(k, []) for k in self.label_columns}}
 
     @property
     def class_names(self) -> list[str]:
@@ -641,6 +730,7 @@ class HFDataModule(RealDataModule):
         missing = {m: c for m, c in self.columns.items() if c not in available}
         if hp.label_column not in available:
             missing["label_column"] = hp.label_column
+        missing.update({f"label_columns.{k}": c for k, c in self.label_columns.items() if c not in available})
         if missing:
             raise DataError(f"HFDataModule: column(s) {missing} not in the dataset; available columns: {available}")
         for m, c in self.columns.items():
@@ -652,6 +742,10 @@ class HFDataModule(RealDataModule):
                 elif isinstance(feat, datasets.Audio):
                     kind = "audio"
             self.kinds[m] = kind or "?"
+        clash = sorted(set(self.label_columns) & set(self.columns))
+        if clash:
+            raise DataError(f"HFDataModule: label_columns key(s) {clash} are also modalities in columns "
+                            f"{self.columns}; give the labels other batch keys")
         self.modalities = tuple(self.columns)
 
     def _infer_kinds(self, sample: dict[str, list]) -> None:
@@ -683,22 +777,8 @@ class HFDataModule(RealDataModule):
         return ds
 
     def _set_class_names(self, features: Any, labels: list[Any]) -> None:
-        import datasets
-
-        feat = features.get(self.hparams.label_column) if features is not None else None
-        if self.class_names:
-            return
-        if isinstance(feat, datasets.ClassLabel):
-            self.class_names = list(feat.names)
-            return
-        values = {v for v in labels if not _is_empty(v)}
-        if not values:
-            raise DataError(f"HFDataModule: label_column {self.hparams.label_column!r} is empty in every row")
-        if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 0 for v in values):
-            # integer labels keep their value as the class index (0..max), even where a class has no rows
-            self.class_names = [str(v) for v in range(int(max(values)) + 1)]
-        else:
-            self.class_names = sorted(str(v) for v in values)
+        if not self.class_names:
+            self.class_names = _infer_class_names(features, self.hparams.label_column, labels, "label_column")
 
     # -- preparation ---------------------------------------------------------------------------
     def _preparer(self) -> Preparer:
@@ -711,8 +791,10 @@ class HFDataModule(RealDataModule):
         keep = ("path", "name", "data_dir", "label_column", "id_column", "val_fraction", "test_fraction", "seed",
                 "image_channels", "image_convert", "sample_rate", "audio_length", "audio_format", "tokenizer",
                 "max_length")
+        extra = {"label_columns": self.label_columns, "label_class_names": hp.label_class_names} \
+            if self.label_columns else {}  # only when used: caches without them stay valid
         return {**{k: hp[k] for k in keep}, "image_size": self.image_size, "columns": self.columns,
-                "kinds": hp.kinds, "class_names": hp.class_names, "version": CACHE_VERSION}
+                "kinds": hp.kinds, "class_names": hp.class_names, "version": CACHE_VERSION, **extra}
 
     def _cache_key(self, files: dict | None, media: list[str]) -> str:
         h = hashlib.sha256(json.dumps(self._options(), sort_keys=True, default=str).encode())
@@ -739,6 +821,7 @@ class HFDataModule(RealDataModule):
         starts = np.array([o[0] for o in origins])
         prep = self._preparer()
         label = Labeler(self.class_names, hp.label_column)
+        extra = {k: Labeler(self.extra_class_names[k], c) for k, c in self.label_columns.items()}
         out: dict[str, list[np.ndarray]] = {}
         for lo in range(0, len(rows), 256):
             chunk = rows[lo:lo + 256]
@@ -759,6 +842,9 @@ class HFDataModule(RealDataModule):
             arrays = prep.rows(cells, where, self.columns)
             arrays["label"] = np.array([label(v, f"HFDataModule: {w}")
                                         for v, w in zip(part[hp.label_column], where)], dtype=np.int64)
+            for k, lab in extra.items():
+                arrays[EXTRA_LABEL + k] = np.array([lab(v, f"HFDataModule: {w}")
+                                                    for v, w in zip(part[lab.column], where)], dtype=np.int64)
             arrays["index"] = np.asarray(chunk, dtype=np.int64)
             if hp.id_column:
                 arrays["id"] = np.empty(len(chunk), dtype=object)  # any values, kept as the file holds them
@@ -793,7 +879,8 @@ class HFDataModule(RealDataModule):
         first = chosen["train"][1]
         self._resolve_columns(first.features, list(first.column_names))
         for ours, (name, ds) in chosen.items():
-            absent = [c for c in [*self.columns.values(), hp.label_column] if c not in ds.column_names]
+            absent = [c for c in [*self.columns.values(), hp.label_column, *self.label_columns.values()]
+                      if c not in ds.column_names]
             if absent:
                 raise DataError(f"HFDataModule: split {name!r} lacks column(s) {absent}; "
                                 f"its columns: {ds.column_names}")
@@ -802,9 +889,16 @@ class HFDataModule(RealDataModule):
         self._infer_kinds(first.select(range(min(len(first), 32))).to_dict())
         self._set_class_names(first.features, [v for _, ds in chosen.values() for v in ds[hp.label_column]])
         labeler = Labeler(self.class_names, hp.label_column)
+        labelers = [labeler]
+        for k, c in self.label_columns.items():
+            if k not in self.extra_class_names:
+                self.extra_class_names[k] = _infer_class_names(first.features, c, [v for _, ds in chosen.values()
+                                                                                  for v in ds[c]], f"label_columns.{k}")
+            labelers.append(Labeler(self.extra_class_names[k], c))
         for name, ds in chosen.values():  # every label checked before any file is decoded
-            for r, v in enumerate(ds[hp.label_column]):
-                labeler(v, f"HFDataModule: {self._where(origins[name], r)}")
+            for lab in labelers:
+                for r, v in enumerate(ds[lab.column]):
+                    lab(v, f"HFDataModule: {self._where(origins[name], r)}")
         # Rows of each of our splits: (source split, row numbers).
         plan: dict[str, tuple[str, np.ndarray]] = {s: (s, np.arange(len(chosen[s][1]))) for s in chosen}
         todo = [s for s in ("val", "test") if s not in chosen]
@@ -829,6 +923,7 @@ class HFDataModule(RealDataModule):
         arrays = {s: self._decode_split(chosen[src][1], origins[chosen[src][0]], rows)
                   for s, (src, rows) in plan.items()}
         meta = {"class_names": self.class_names, "columns": self.columns, "kinds": self.kinds,
+                "label_classes": {k: self.extra_class_names[k] for k in self.label_columns},
                 "sizes": {s: int(len(a["label"])) for s, a in arrays.items()}, "id_column": hp.id_column}
         return arrays, meta
 
@@ -938,8 +1033,16 @@ class HFDataModule(RealDataModule):
             return
         arrays, meta = self._cached_arrays()
         self.class_names, self.columns, self.kinds = meta["class_names"], meta["columns"], meta["kinds"]
+        self.extra_class_names = dict(meta.get("label_classes") or {})
         self.modalities = tuple(self.columns)
         augment = self._augment()
+        hp = self.hparams
+        if hp.labels_per_class is not None or hp.label_fraction is not None:  # after the cache: it holds every row
+            keep, rest = label_budget(arrays["train"]["label"], hp.labels_per_class, hp.label_fraction,
+                                      hp.seed if hp.budget_seed is None else hp.budget_seed)
+            self.unlabelled_rows = torch.from_numpy(rest)
+            arrays["train"] = {k: [v[i] for i in keep.tolist()] if k == "id" else v[torch.from_numpy(keep)]
+                               for k, v in arrays["train"].items()}
         self.splits = {s: ArraySet(a, self.kinds, augment if s == "train" else None) for s, a in arrays.items()}
         self._check_against_model()
 
@@ -984,6 +1087,14 @@ class HFDataModule(RealDataModule):
             else:
                 raise DataError("HFDataModule: streaming cannot scan every label to find the classes; give "
                                 "class_names: [...] (or use a dataset whose label is a ClassLabel feature)")
+        for k, c in self.label_columns.items():
+            feat = feats.get(c) if feats is not None else None
+            if k not in self.extra_class_names:
+                if not isinstance(feat, datasets.ClassLabel):
+                    raise DataError(f"HFDataModule: streaming cannot scan every label of column {c!r} to find its "
+                                    f"classes; give label_class_names: {{{k}: [...]}} (or use a ClassLabel feature)")
+                self.extra_class_names[k] = list(feat.names)
+        extra = {k: Labeler(self.extra_class_names[k], c) for k, c in self.label_columns.items()}
         rank, world = self._rank_world()
         augment, prep, labeler = self._augment(), self._preparer(), Labeler(self.class_names, hp.label_column)
         for s, (name, ds) in chosen.items():
@@ -993,7 +1104,7 @@ class HFDataModule(RealDataModule):
             if s == "train":
                 ds = ds.shuffle(seed=hp.seed, buffer_size=hp.shuffle_buffer)
             self.streams[s] = StreamingSet(ds, prep, self.columns, labeler, hp.id_column, hp.batch_size,
-                                           origins[name][0][1], augment if s == "train" else None)
+                                           origins[name][0][1], augment if s == "train" else None, extra)
 
     def _rank_world(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)

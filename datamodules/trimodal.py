@@ -95,6 +95,9 @@ class TriModalDigitsDataModule(AVMNISTDataModule):
         text_noise: probability that a sample's text is corrupted (typo / distractor / wrong word).
         tokenizer: ``"byte"`` (default, vocab 259) or ``"minilm"`` / a local tokenizer folder.
         max_length: token budget per text (texts are trimmed per batch).
+        labels_per_class / label_fraction / budget_seed: a label budget on the training triples, as
+            AV-MNIST's (``datamodules.budget``); ``unlabelled_rows`` holds the other rows, which the
+            same datamodule without a budget serves for pretraining.
     """
 
     modalities = ("image", "audio", "text")
@@ -105,12 +108,14 @@ class TriModalDigitsDataModule(AVMNISTDataModule):
                  cache_dir: str | None = None, train_limit: int | None = None, test_speaker: str = "yweweler",
                  audio_length: int = 8000, skip_bad_files: bool = False, missing_prob: float = 0.0,
                  missing_splits: list[str] | None = None, text_noise: float = 0.3, tokenizer: str = "byte",
-                 max_length: int = 16, val_speaker: str | None = None) -> None:
+                 max_length: int = 16, val_speaker: str | None = None, labels_per_class: int | None = None,
+                 label_fraction: float | None = None, budget_seed: int | None = None) -> None:
         super().__init__(root=root, split=split, reduce_image=reduce_image, image_energy=image_energy,
                          audio_format=audio_format, audio_noise=audio_noise, seed=seed, batch_size=batch_size,
                          num_workers=num_workers, download=download, cache_dir=cache_dir, train_limit=train_limit,
                          test_speaker=test_speaker, audio_length=audio_length, skip_bad_files=skip_bad_files,
-                         missing_prob=missing_prob, missing_splits=missing_splits, val_speaker=val_speaker)
+                         missing_prob=missing_prob, missing_splits=missing_splits, val_speaker=val_speaker,
+                         labels_per_class=labels_per_class, label_fraction=label_fraction, budget_seed=budget_seed)
         if not 0.0 <= text_noise <= 1.0:
             raise ValueError(f"text_noise must be in [0, 1], got {text_noise}")
         self.save_hyperparameters()

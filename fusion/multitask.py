@@ -1,7 +1,7 @@
 """Multi-task classification: shared encoders + fusion, one head per task.
 
 Each task reads its own label from the batch (AV-MNIST: the digit in ``label`` and the speaker of
-the recording in ``speaker``; ``HFDataModule``: one key per label column) and has its own
+the recording in ``speaker``; ``HFDataModule``: one key per ``label_columns`` entry) and has its own
 classifier, loss, metrics and confusion matrix. The task losses are combined
 
 - ``weighting="fixed"``: ``L = sum_t w_t L_t`` with the configured weights;
@@ -125,9 +125,27 @@ class MultiTaskClassifier(FusionClassifier):
         if stage == "fit":
             self.initialise_encoders()
         self._pending_batch_checks = {"labels"}
-        modalities = getattr(self.trainer.datamodule, "modalities", None)
+        datamodule = self.trainer.datamodule
+        modalities = getattr(datamodule, "modalities", None)
         if stage == "fit" and modalities is not None:
-            self._check_modalities(set(modalities), f"{type(self.trainer.datamodule).__name__}.modalities")
+            self._check_modalities(set(modalities), f"{type(datamodule).__name__}.modalities")
+        label_classes = getattr(datamodule, "label_classes", None)
+        if isinstance(label_classes, dict):
+            self._check_label_classes(label_classes, type(datamodule).__name__)
+
+    def _check_label_classes(self, label_classes: dict[str, list[str]], source: str) -> None:
+        """Each task against the datamodule's labels (``label_classes``: batch key -> class names),
+        before any step: a key it does not serve, or more classes than the task's head has."""
+        for t in self.tasks:
+            key = t["label_key"]
+            if key not in label_classes:
+                raise KeyError(f"model.init_args.tasks: task {t['name']!r} reads batch[{key!r}], which {source} does "
+                               f"not serve; its label keys: {sorted(label_classes)}")
+            n = len(label_classes[key])
+            if n > t["num_classes"]:
+                raise ValueError(f"model.init_args.tasks: task {t['name']!r} has num_classes = {t['num_classes']} but "
+                                 f"{source}'s {key!r} has {n} classes {label_classes[key][:20]}; set its num_classes "
+                                 f"to {n}")
 
     def _check_batch(self, batch: dict) -> None:
         for t in self.tasks:

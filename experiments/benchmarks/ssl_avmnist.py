@@ -17,7 +17,9 @@ by >= 10 points; the probe reaches >= 90% of the fully supervised accuracy. No p
 AV-MNIST figure exists to compare with. Budgets are flags so the full protocol and a reduced run
 are the same code: ``--pretrain-limit/--pretrain-epochs`` (pretraining pairs, passes),
 ``--steps`` (optimiser steps per classifier), ``--test-limit`` (test pairs evaluated; 0 = all
-10,000). Resumable: each finished piece is a JSON file in ``--out``; rerunning skips them.
+10,000). Resumable: each finished piece is a JSON file in ``--out``; rerunning skips them (so a
+new budget needs a new ``--out``). The summary holds the medians over the seeds (``summary_mean``
+the means), the per-seed gains and the retrieval medians; ``per_seed`` every figure.
 
     python -m experiments.benchmarks.ssl_avmnist                                   # full protocol
     python -m experiments.benchmarks.ssl_avmnist --seeds 0 --pretrain-limit 20000 --pretrain-epochs 3 \\
@@ -27,6 +29,7 @@ are the same code: ``--pretrain-limit/--pretrain-epochs`` (pretraining pairs, pa
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -168,6 +171,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse(p, argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    budget = {k: getattr(args, k) for k in ("audio_noise", "pretrain_limit", "pretrain_epochs", "pretrain_batch",
+                                            "steps", "mt_fraction", "test_limit")}
+    saved = out / "budget.json"
+    if saved.is_file() and json.loads(saved.read_text()) != budget:
+        raise SystemExit(f"--out {out} holds runs of another budget ({json.loads(saved.read_text())}, now {budget}): "
+                         "its finished pieces would be reused; give a new --out")
+    atomic_write_json(saved, budget)
     start = time.perf_counter()
     digit = {"name": "digit", "num_classes": 10, "label_key": "label"}
     speaker = {"name": "speaker", "num_classes": 6, "label_key": "speaker"}
@@ -188,18 +198,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                lambda: multitask(args, seed, [digit, speaker], w))
         per_seed[str(seed)] = row
 
-    def mean(key: str) -> float:
-        return round(sum(r[key] for r in per_seed.values()) / len(per_seed), 4)
+    def median(values: list[float]) -> float:
+        return round(statistics.median(values), 4)
 
-    summary: dict[str, Any] = {f"{m}@{f:g}": mean(f"{m}@{f:g}") for f in args.fractions
-                               for m in ("scratch", "finetune", "probe")}
+    def over_seeds(key: str) -> list[float]:
+        return [r[key] for r in per_seed.values()]
+
+    # Medians over the seeds (robust with 3), and the means beside them.
+    keys = [f"{m}@{f:g}" for f in args.fractions for m in ("scratch", "finetune", "probe")]
+    summary: dict[str, Any] = {k: median(over_seeds(k)) for k in keys}
+    means = {k: round(statistics.fmean(over_seeds(k)), 4) for k in keys}
     low = min(args.fractions)
     if f"scratch@{low:g}" in summary:
-        summary["finetune_minus_scratch_points"] = round(100 * (summary[f"finetune@{low:g}"]
-                                                                - summary[f"scratch@{low:g}"]), 1)
+        gains = [100 * (r[f"finetune@{low:g}"] - r[f"scratch@{low:g}"]) for r in per_seed.values()]
+        summary["finetune_minus_scratch_points"] = round(statistics.median(gains), 1)
+        summary["finetune_minus_scratch_points_per_seed"] = [round(g, 1) for g in gains]
     if 1.0 in args.fractions:
         summary["probe_over_supervised"] = round(summary[f"probe@{low:g}"] / summary["scratch@1"], 3)
-    result = {"benchmark": "ssl_avmnist", "summary": summary, "per_seed": per_seed,
+    retrieval_keys = sorted({k for r in per_seed.values() for k, v in r["retrieval"].items()
+                             if isinstance(v, (int, float)) and k not in ("pairs", "epochs", "seconds")})
+    summary["retrieval"] = {k: median([r["retrieval"][k] for r in per_seed.values() if k in r["retrieval"]])
+                            for k in retrieval_keys}
+    result = {"benchmark": "ssl_avmnist", "summary": summary, "summary_mean": means, "per_seed": per_seed,
               "targets": {"finetune_minus_scratch_points": ">= 10 at 1%", "probe_over_supervised": ">= 0.9"},
               "published_reference": "none: no few-label AV-MNIST figure has been published",
               "budget": {k: getattr(args, k) for k in ("seeds", "audio_noise", "pretrain_limit", "pretrain_epochs",
