@@ -7,9 +7,15 @@
     python -m experiments.benchmarks.gan_results speech  --iters 8000   # speech-to-digit, held-out speaker
 
 Each trains through the fusegen CLI configs of experiments/gan/ (with the overrides printed in
-its JSON line), scores with FID on ``generative.metrics.DigitFeatures`` (the cached MNIST digit classifier), copies
-its sample grid to generative/assets/ and prints one JSON line. CPU budget: networks are
-narrowed to ngf=ndf=32 (``--width``); iterations are batches of 64.
+its JSON line), copies its sample grid to generative/assets/ and prints one JSON line. CPU budget:
+networks are narrowed to ngf=ndf=32 (``--width``); iterations are batches of 64.
+
+The README's protocol (``score_test_split``, every part): the config's injected ``SampleMetrics`` on
+``generative.metrics.DigitFeatures`` (the cached MNIST digit classifier), the whole test split
+(MNIST: 10,000 images) against as many samples of the config's sampler (the EMA generator): FID,
+KID, precision, recall, density, coverage (+ agreement if conditional), with its protocol line.
+The dcgan part also compares fusegen with the pytorch/examples loop on a digit-feature FID of
+5,000 validation images (``fid_fusegen`` vs ``fid_reference``).
 """
 
 from __future__ import annotations
@@ -47,6 +53,15 @@ def cli(config: str, experiment: str, iters: int, width: int, extra: list[str]) 
             "--model.init_args.discriminator.init_args.ndf", str(width), *extra]
     log("fusegen fit " + " ".join(args))
     return FusegenCLI(args=args, run=False)
+
+
+def score_test_split(run: FusegenCLI) -> dict:
+    """The config's ``SampleMetrics`` on the datamodule's test split against as many generated images:
+    every score it logs, as ``test_<name>``, and its protocol line (extractor, counts, KID subsets, k, sampler)."""
+    scores = run.trainer.test(run.model, datamodule=run.datamodule, verbose=False)[0]
+    sampler = "EMA generator" if run.model.generator_ema is not None else "generator"
+    return {**{key.replace("/", "_"): value for key, value in scores.items() if key.startswith("test/")},
+            "test_protocol": run.model.metrics.protocol("test", sampler)}
 
 
 def copy_grid(run: FusegenCLI, name: str) -> str:
@@ -112,6 +127,7 @@ def part_dcgan(args: argparse.Namespace) -> dict:
     pl.seed_everything(args.seed)
     run.trainer.fit(run.model, datamodule=run.datamodule)
     fusegen_s = time.time() - start
+    test = score_test_split(run)
     # Reference: pytorch/examples' loop, same networks/data/steps, samples from G (no EMA there).
     ref_scores = {}
 
@@ -128,7 +144,7 @@ def part_dcgan(args: argparse.Namespace) -> dict:
     ref_s = reference_dcgan(netG, netD, dm.train_dataloader(), args.iters, on_step=on_step)
     per_budget = [{"iters": b, **scorer.scores[b], "fid_reference": ref_scores[b]} for b in budgets]
     return {"part": "dcgan", "seed": args.seed, "iters": args.iters, "width": args.width, "threads": args.threads,
-            "ema_decay": decay, "ema_warmup": run.model.hparams.ema_warmup,
+            "ema_decay": decay, "ema_warmup": run.model.hparams.ema_warmup, **test,
             **{k: v for k, v in per_budget[-1].items() if k != "iters"},  # fid_fusegen = the module's EMA sampler
             "budgets": per_budget,
             "target": "fusegen <= reference", "seconds_fusegen": round(fusegen_s), "seconds_reference": round(ref_s),
@@ -142,9 +158,8 @@ def part_cdcgan(args: argparse.Namespace) -> dict:
     ckpt = str(RUNS / "results-cdcgan" / "checkpoints" / "last.ckpt") if args.resume else None
     run.trainer.fit(run.model, datamodule=run.datamodule, ckpt_path=ckpt)
     val = run.trainer.validate(run.model, datamodule=run.datamodule, verbose=False)[0]
-    test = run.trainer.test(run.model, datamodule=run.datamodule, verbose=False)[0]
     return {"part": "cdcgan", "iters": args.iters, "width": args.width, "val_agreement": val["val/agreement"],
-            "val_fid": val["val/fid"], "test_agreement": test["test/agreement"], "test_fid": test["test/fid"],
+            "val_fid": val["val/fid"], **score_test_split(run),
             "target": "agreement >= 0.95", "picture": copy_grid(run, "cdcgan-mnist")}
 
 
@@ -157,7 +172,7 @@ def part_speech(args: argparse.Namespace) -> dict:
     run.trainer.limit_val_batches = 1.0  # the whole val split (training validated on 16 batches)
     val = run.trainer.validate(run.model, datamodule=run.datamodule, verbose=False)[0]
     val_speaker = run.datamodule.hparams.get("val_speaker")
-    test = run.trainer.test(run.model, datamodule=run.datamodule, verbose=False)[0]
+    test = score_test_split(run)
     # The encoder this run used: the speech-encoder experiment's checkpoint (a JSON with its
     # accuracy sits beside checkpoints that experiments/benchmarks/gan_speech_encoder.py wrote).
     enc_path = run.model.hparams.get("encoder_checkpoint")
@@ -169,7 +184,7 @@ def part_speech(args: argparse.Namespace) -> dict:
             "override": args.override, "lr_g": run.trainer.optimizers[0].param_groups[0]["lr"],
             "lr_d": run.trainer.optimizers[1].param_groups[0]["lr"], "val_agreement": val["val/agreement"],
             "val_speakers": f"held-out {val_speaker}" if val_speaker else "seen speakers (other takes)",
-            "test_agreement_heldout_speaker": test["test/agreement"], "test_fid": test["test/fid"],
+            "test_agreement_heldout_speaker": test["test_agreement"], **test,
             "audio_encoder": enc_info, "target": "agreement >= 0.85", "picture": copy_grid(run, "speech-to-digit")}
 
 
