@@ -2,6 +2,7 @@
 
     python -m experiments.benchmarks.gan_results dcgan   --iters 2000 --score-at 1000 --seed S  # FID vs reference
     python -m experiments.benchmarks.gan_results dcgan-summary --iters 2000  # medians over the seeds run
+    python -m experiments.benchmarks.gan_results dcgan   --iters 2000 --no-reference  # the README protocol only
     python -m experiments.benchmarks.gan_results cdcgan  --iters 2000   # conditional agreement
     python -m experiments.benchmarks.gan_results cdcgan  --iters 3000 --resume  # ... continued
     python -m experiments.benchmarks.gan_results speech  --iters 8000   # speech-to-digit, held-out speaker
@@ -33,6 +34,7 @@ import pytorch_lightning as pl
 import torch
 
 from datamodules import MNISTDataModule
+from datamodules.files import atomic_write_json
 from experiments.benchmarks.common import emit, log, parse, parser
 from experiments.benchmarks.gan_reference import digit_scores, reference_dcgan
 from experiments.cli import FusegenCLI
@@ -129,7 +131,7 @@ def part_dcgan(args: argparse.Namespace) -> dict:
     fusegen_s = time.time() - start
     test = score_test_split(run)
     # Reference: pytorch/examples' loop, same networks/data/steps, samples from G (no EMA there).
-    ref_scores = {}
+    ref_scores, ref_s = {}, None
 
     def on_step(i: int, err_d: float, err_g: float) -> None:
         if i + 1 in budgets:
@@ -139,15 +141,17 @@ def part_dcgan(args: argparse.Namespace) -> dict:
             netG.train()
             torch.set_rng_state(rng)
 
-    pl.seed_everything(args.seed)
-    netG, netD = Generator(ngf=args.width), Discriminator(ndf=args.width)
-    ref_s = reference_dcgan(netG, netD, dm.train_dataloader(), args.iters, on_step=on_step)
-    per_budget = [{"iters": b, **scorer.scores[b], "fid_reference": ref_scores[b]} for b in budgets]
+    if args.reference:
+        pl.seed_everything(args.seed)
+        netG, netD = Generator(ngf=args.width), Discriminator(ndf=args.width)
+        ref_s = round(reference_dcgan(netG, netD, dm.train_dataloader(), args.iters, on_step=on_step))
+    per_budget = [{"iters": b, **scorer.scores[b], **({"fid_reference": ref_scores[b]} if ref_scores else {})}
+                  for b in budgets]
     return {"part": "dcgan", "seed": args.seed, "iters": args.iters, "width": args.width, "threads": args.threads,
             "ema_decay": decay, "ema_warmup": run.model.hparams.ema_warmup, **test,
             **{k: v for k, v in per_budget[-1].items() if k != "iters"},  # fid_fusegen = the module's EMA sampler
-            "budgets": per_budget,
-            "target": "fusegen <= reference", "seconds_fusegen": round(fusegen_s), "seconds_reference": round(ref_s),
+            "budgets": per_budget, "target": "fusegen <= reference" if args.reference else None,
+            "seconds_fusegen": round(fusegen_s), "seconds_reference": ref_s,
             "picture": copy_grid(run, "dcgan-mnist"), "real_images": 5000}
 
 
@@ -230,7 +234,11 @@ def main() -> None:
     p.add_argument("--resume", action="store_true",
                    help="cdcgan/speech: continue the part's last checkpoint to --iters")
     p.add_argument("--tag", default="", help="suffix of the result file and run folder (keeps variants apart)")
+    p.add_argument("--no-reference", dest="reference", action="store_false",
+                   help="dcgan: skip the pytorch/examples loop (result file tagged -noref, not in the summary)")
     args = parse(p)
+    if args.part == "dcgan" and not args.reference:
+        args.tag += "-noref"
     if args.part == "dcgan-summary":  # aggregates the dcgan runs of every seed at --iters
         emit(dcgan_summary(args.iters))
         return
@@ -238,7 +246,7 @@ def main() -> None:
     result = {"dcgan": part_dcgan, "cdcgan": part_cdcgan, "speech": part_speech}[args.part](args)
     result["wall_s"] = round(time.time() - start)
     RUNS.mkdir(parents=True, exist_ok=True)
-    (RUNS / f"{args.part}-s{args.seed}-{args.iters}{args.tag}.json").write_text(json.dumps(result, indent=2))
+    atomic_write_json(RUNS / f"{args.part}-s{args.seed}-{args.iters}{args.tag}.json", result)
     emit(result)
 
 
