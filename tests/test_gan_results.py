@@ -1,7 +1,10 @@
-"""The GAN results benchmark's shared scorer: every injected metric on the whole test split, with its protocol."""
+"""The GAN benchmarks' logic: the shared test-split scorer (every injected metric, with its protocol) and the
+DiffAugment table's arms, resume and per-seed verdict."""
 
 from __future__ import annotations
 
+import json
+import sys
 from types import SimpleNamespace
 
 import pytorch_lightning as pl
@@ -9,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from datamodules import SyntheticMultimodalDataModule
-from experiments.benchmarks import gan_results
+from experiments.benchmarks import gan_diffaugment, gan_results
 from generative import GAN, Discriminator, Generator
 from generative.metrics import SampleMetrics
 
@@ -54,3 +57,30 @@ def test_conditional_adds_agreement_and_names_a_raw_generator() -> None:
     assert set(scores) == ALL | {"test_agreement", "test_protocol"}
     assert 0 <= scores["test_agreement"] <= 1
     assert scores["test_protocol"].endswith("; generator")
+
+
+def test_diffaugment_table_splits_arms_resumes_and_judges_each_seed(tmp_path, monkeypatch, capsys) -> None:
+    # Scores by (seed, arm): seed 0 DiffAugment better on both, seed 1 better FID but worse KID.
+    table = {(0, "diffaugment"): (10.0, 1.0), (0, "plain"): (20.0, 2.0),
+             (1, "diffaugment"): (10.0, 3.0), (1, "plain"): (20.0, 2.0)}
+    trained = []
+
+    def fake_train(arm, seed, steps, num_samples, width, out):
+        trained.append((seed, arm))
+        fid, kid = table[seed, arm]
+        return {"fid": fid, "kid": kid, "kid_std": 0.0, "train_s": 1, "protocol": f"{num_samples} real"}
+
+    monkeypatch.setattr(gan_diffaugment, "train_and_score", fake_train)
+    base = ["gan_diffaugment", "--seeds", "0", "1", "--steps", "7", "--num-samples", "50", "--out", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", [*base, "--arms", "plain"])
+    gan_diffaugment.main()
+    partial = json.loads(capsys.readouterr().out)
+    assert trained == [(0, "plain"), (1, "plain")] and "met" not in partial and "both arms" in partial["note"]
+    assert sorted(p.name for p in tmp_path.glob("*.json")) == ["s0-plain-7-n50-w32.json", "s1-plain-7-n50-w32.json"]
+
+    monkeypatch.setattr(sys, "argv", base)
+    gan_diffaugment.main()
+    full = json.loads(capsys.readouterr().out)
+    assert trained[2:] == [(0, "diffaugment"), (1, "diffaugment")]  # the plain runs were reused
+    assert [row["met"] for row in full["per_seed"]] == [True, False]
+    assert full["met"] is False and full["seeds_met"] == 1 and full["median"]["plain"]["fid"] == 20.0

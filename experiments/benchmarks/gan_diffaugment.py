@@ -2,6 +2,8 @@
 
     python -m experiments.benchmarks.gan_diffaugment                       # 3 seeds, the full protocol
     python -m experiments.benchmarks.gan_diffaugment --seeds 0 --steps 600 --num-samples 2000  # reduced
+    python -m experiments.benchmarks.gan_diffaugment --arms plain &  # two processes, one arm each,
+    python -m experiments.benchmarks.gan_diffaugment --arms diffaugment  # then once more without --arms
 
 Both arms train ``experiments/gan/dcgan-mnist-5pct-diffaugment.yaml`` (DCGAN, BCE, 3,000 MNIST
 training images) through the fusegen CLI for the same number of batches (= generator updates), the
@@ -12,8 +14,8 @@ validation split (never trained on) against as many samples of the EMA generator
 of up to 1000. Target (Zhao et al. 2020's claim at small data): FID and KID with DiffAugment <= without,
 on every seed.
 
-Resumable: each (seed, arm) writes ``<out>/s<seed>-<arm>-<steps>.json`` once scored and is skipped
-when that file exists. Prints one JSON line: per seed and the medians.
+Resumable: each (seed, arm) writes ``<out>/s<seed>-<arm>-<steps>-n<num_samples>-w<width>.json`` once scored, skipped
+when it exists (``--arms`` splits the runs between processes). Prints one JSON line: per seed and the medians.
 """
 
 from __future__ import annotations
