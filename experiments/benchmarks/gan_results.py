@@ -2,14 +2,21 @@
 
     python -m experiments.benchmarks.gan_results dcgan   --iters 2000 --score-at 1000 --seed S  # FID vs reference
     python -m experiments.benchmarks.gan_results dcgan-summary --iters 2000  # medians over the seeds run
+    python -m experiments.benchmarks.gan_results dcgan   --iters 2000 --no-reference  # the README protocol only
     python -m experiments.benchmarks.gan_results cdcgan  --iters 2000   # conditional agreement
     python -m experiments.benchmarks.gan_results cdcgan  --iters 3000 --resume  # ... continued
     python -m experiments.benchmarks.gan_results speech  --iters 8000   # speech-to-digit, held-out speaker
 
 Each trains through the fusegen CLI configs of experiments/gan/ (with the overrides printed in
-its JSON line), scores with FID on ``generative.metrics.DigitFeatures`` (the cached MNIST digit classifier), copies
-its sample grid to generative/assets/ and prints one JSON line. CPU budget: networks are
-narrowed to ngf=ndf=32 (``--width``); iterations are batches of 64.
+its JSON line), copies its sample grid to generative/assets/ and prints one JSON line. CPU budget:
+networks are narrowed to ngf=ndf=32 (``--width``); iterations are batches of 64.
+
+The README's protocol (``score_test_split``, every part): the config's injected ``SampleMetrics`` on
+``generative.metrics.DigitFeatures`` (the cached MNIST digit classifier), the whole test split
+(MNIST: 10,000 images) against as many samples of the config's sampler (the EMA generator): FID,
+KID, precision, recall, density, coverage (+ agreement if conditional), with its protocol line.
+The dcgan part also compares fusegen with the pytorch/examples loop on a digit-feature FID of
+5,000 validation images (``fid_fusegen`` vs ``fid_reference``).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import pytorch_lightning as pl
 import torch
 
 from datamodules import MNISTDataModule
+from datamodules.files import atomic_write_json
 from experiments.benchmarks.common import emit, log, parse, parser
 from experiments.benchmarks.gan_reference import digit_scores, reference_dcgan
 from experiments.cli import FusegenCLI
@@ -47,6 +55,15 @@ def cli(config: str, experiment: str, iters: int, width: int, extra: list[str]) 
             "--model.init_args.discriminator.init_args.ndf", str(width), *extra]
     log("fusegen fit " + " ".join(args))
     return FusegenCLI(args=args, run=False)
+
+
+def score_test_split(run: FusegenCLI) -> dict:
+    """The config's ``SampleMetrics`` on the datamodule's test split against as many generated images:
+    every score it logs, as ``test_<name>``, and its protocol line (extractor, counts, KID subsets, k, sampler)."""
+    scores = run.trainer.test(run.model, datamodule=run.datamodule, verbose=False)[0]
+    sampler = "EMA generator" if run.model.generator_ema is not None else "generator"
+    return {**{key.replace("/", "_"): value for key, value in scores.items() if key.startswith("test/")},
+            "test_protocol": run.model.metrics.protocol("test", sampler)}
 
 
 def copy_grid(run: FusegenCLI, name: str) -> str:
@@ -112,8 +129,9 @@ def part_dcgan(args: argparse.Namespace) -> dict:
     pl.seed_everything(args.seed)
     run.trainer.fit(run.model, datamodule=run.datamodule)
     fusegen_s = time.time() - start
+    test = score_test_split(run)
     # Reference: pytorch/examples' loop, same networks/data/steps, samples from G (no EMA there).
-    ref_scores = {}
+    ref_scores, ref_s = {}, None
 
     def on_step(i: int, err_d: float, err_g: float) -> None:
         if i + 1 in budgets:
@@ -123,15 +141,17 @@ def part_dcgan(args: argparse.Namespace) -> dict:
             netG.train()
             torch.set_rng_state(rng)
 
-    pl.seed_everything(args.seed)
-    netG, netD = Generator(ngf=args.width), Discriminator(ndf=args.width)
-    ref_s = reference_dcgan(netG, netD, dm.train_dataloader(), args.iters, on_step=on_step)
-    per_budget = [{"iters": b, **scorer.scores[b], "fid_reference": ref_scores[b]} for b in budgets]
+    if args.reference:
+        pl.seed_everything(args.seed)
+        netG, netD = Generator(ngf=args.width), Discriminator(ndf=args.width)
+        ref_s = round(reference_dcgan(netG, netD, dm.train_dataloader(), args.iters, on_step=on_step))
+    per_budget = [{"iters": b, **scorer.scores[b], **({"fid_reference": ref_scores[b]} if ref_scores else {})}
+                  for b in budgets]
     return {"part": "dcgan", "seed": args.seed, "iters": args.iters, "width": args.width, "threads": args.threads,
-            "ema_decay": decay, "ema_warmup": run.model.hparams.ema_warmup,
+            "ema_decay": decay, "ema_warmup": run.model.hparams.ema_warmup, **test,
             **{k: v for k, v in per_budget[-1].items() if k != "iters"},  # fid_fusegen = the module's EMA sampler
-            "budgets": per_budget,
-            "target": "fusegen <= reference", "seconds_fusegen": round(fusegen_s), "seconds_reference": round(ref_s),
+            "budgets": per_budget, "target": "fusegen <= reference" if args.reference else None,
+            "seconds_fusegen": round(fusegen_s), "seconds_reference": ref_s,
             "picture": copy_grid(run, "dcgan-mnist"), "real_images": 5000}
 
 
@@ -142,9 +162,8 @@ def part_cdcgan(args: argparse.Namespace) -> dict:
     ckpt = str(RUNS / "results-cdcgan" / "checkpoints" / "last.ckpt") if args.resume else None
     run.trainer.fit(run.model, datamodule=run.datamodule, ckpt_path=ckpt)
     val = run.trainer.validate(run.model, datamodule=run.datamodule, verbose=False)[0]
-    test = run.trainer.test(run.model, datamodule=run.datamodule, verbose=False)[0]
     return {"part": "cdcgan", "iters": args.iters, "width": args.width, "val_agreement": val["val/agreement"],
-            "val_fid": val["val/fid"], "test_agreement": test["test/agreement"], "test_fid": test["test/fid"],
+            "val_fid": val["val/fid"], **score_test_split(run),
             "target": "agreement >= 0.95", "picture": copy_grid(run, "cdcgan-mnist")}
 
 
@@ -157,7 +176,7 @@ def part_speech(args: argparse.Namespace) -> dict:
     run.trainer.limit_val_batches = 1.0  # the whole val split (training validated on 16 batches)
     val = run.trainer.validate(run.model, datamodule=run.datamodule, verbose=False)[0]
     val_speaker = run.datamodule.hparams.get("val_speaker")
-    test = run.trainer.test(run.model, datamodule=run.datamodule, verbose=False)[0]
+    test = score_test_split(run)
     # The encoder this run used: the speech-encoder experiment's checkpoint (a JSON with its
     # accuracy sits beside checkpoints that experiments/benchmarks/gan_speech_encoder.py wrote).
     enc_path = run.model.hparams.get("encoder_checkpoint")
@@ -169,7 +188,7 @@ def part_speech(args: argparse.Namespace) -> dict:
             "override": args.override, "lr_g": run.trainer.optimizers[0].param_groups[0]["lr"],
             "lr_d": run.trainer.optimizers[1].param_groups[0]["lr"], "val_agreement": val["val/agreement"],
             "val_speakers": f"held-out {val_speaker}" if val_speaker else "seen speakers (other takes)",
-            "test_agreement_heldout_speaker": test["test/agreement"], "test_fid": test["test/fid"],
+            "test_agreement_heldout_speaker": test["test_agreement"], **test,
             "audio_encoder": enc_info, "target": "agreement >= 0.85", "picture": copy_grid(run, "speech-to-digit")}
 
 
@@ -215,7 +234,11 @@ def main() -> None:
     p.add_argument("--resume", action="store_true",
                    help="cdcgan/speech: continue the part's last checkpoint to --iters")
     p.add_argument("--tag", default="", help="suffix of the result file and run folder (keeps variants apart)")
+    p.add_argument("--no-reference", dest="reference", action="store_false",
+                   help="dcgan: skip the pytorch/examples loop (result file tagged -noref, not in the summary)")
     args = parse(p)
+    if args.part == "dcgan" and not args.reference:
+        args.tag += "-noref"
     if args.part == "dcgan-summary":  # aggregates the dcgan runs of every seed at --iters
         emit(dcgan_summary(args.iters))
         return
@@ -223,7 +246,7 @@ def main() -> None:
     result = {"dcgan": part_dcgan, "cdcgan": part_cdcgan, "speech": part_speech}[args.part](args)
     result["wall_s"] = round(time.time() - start)
     RUNS.mkdir(parents=True, exist_ok=True)
-    (RUNS / f"{args.part}-s{args.seed}-{args.iters}{args.tag}.json").write_text(json.dumps(result, indent=2))
+    atomic_write_json(RUNS / f"{args.part}-s{args.seed}-{args.iters}{args.tag}.json", result)
     emit(result)
 
 
