@@ -5,7 +5,6 @@ datamodule's own tokenizer (``tokenizer`` / ``max_length``)."""
 
 from __future__ import annotations
 
-import csv
 import functools
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytorch_lightning as pl
 import torch
 import yaml
 from PIL import Image
+from test_hf_datamodule import write_csv
 from tiny_encoders import Pixels, TokenBag
 
 from datamodules import HFDataModule
@@ -24,15 +24,6 @@ from fusion import ConcatFusion, ContrastivePretrainer, MultiTaskClassifier
 COLOURS = ("red", "green", "blue")
 SIZES = ("small", "large")
 TEMPLATES = ("a {c} {s} one", "{s} and {c}", "it is {c}, {s}", "{c} {s}")
-
-
-def write_csv(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    return path
 
 
 def two_label_rows(n: int, seed: int) -> list[dict]:

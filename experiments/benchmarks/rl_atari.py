@@ -179,6 +179,8 @@ def main() -> None:
     p.add_argument("mode", choices=["train", "throughput"])
     p.add_argument("--steps", type=int, default=1_000_000, help="train: env steps (10M = the field's budget)")
     p.add_argument("--sb3-steps", type=int, default=None, help="train: SB3's env steps (default --steps; 0 = skip)")
+    p.add_argument("--libraries", nargs="+", choices=["fusegen", "sb3"], default=["fusegen", "sb3"],
+                   help="train: the sides to run (one per process runs them at once; a run with both joins them)")
     p.add_argument("--backend", choices=["sync", "async", "envpool"], default="envpool")
     p.add_argument("--random-episodes", type=int, default=20)
     p.add_argument("--eval-episodes", type=int, default=10, help="train: greedy games after training (0 = none)")
@@ -213,14 +215,19 @@ def main() -> None:
         seed = opts.seeds[0]
         sb3_steps = opts.steps if opts.sb3_steps is None else opts.sb3_steps
         rnd = measure(f"random/{opts.random_episodes}/{seed}", lambda: random_play(opts.random_episodes, seed))
-        fg = measure(f"fusegen/{opts.backend}/{opts.steps}/{seed}",
-                     lambda: train_fusegen(opts.steps, seed, opts.backend, str(out / "rl_atari_runs"),
-                                           opts.eval_episodes, opts.eval_max_steps))["value"]
-        summary.update(steps=opts.steps, backend=opts.backend, random_return=rnd["value"], fusegen=fg,
-                       return_over_random=(fg["last100_return"] or 0) / max(rnd["value"], 1e-9))
-        if sb3_steps:
+        summary.update(steps=opts.steps, backend=opts.backend, random_return=rnd["value"])
+        fg = None
+        if "fusegen" in opts.libraries:
+            fg = measure(f"fusegen/{opts.backend}/{opts.steps}/{seed}",
+                         lambda: train_fusegen(opts.steps, seed, opts.backend, str(out / "rl_atari_runs"),
+                                               opts.eval_episodes, opts.eval_max_steps))["value"]
+            summary.update(fusegen=fg, return_over_random=(fg["last100_return"] or 0) / max(rnd["value"], 1e-9))
+        if sb3_steps and "sb3" in opts.libraries:
             sb = measure(f"sb3/{sb3_steps}/{seed}", lambda: train_sb3(sb3_steps, seed))["value"]
-            summary.update(sb3=sb, steps_per_s_ratio_fusegen_over_sb3=fg["steps_per_s"] / sb["steps_per_s"])
+            summary["sb3"] = sb
+        if fg is not None and "sb3" in summary:
+            sb = summary["sb3"]
+            summary.update(steps_per_s_ratio_fusegen_over_sb3=fg["steps_per_s"] / sb["steps_per_s"])
             if "steps_per_cpu_s" in fg and "steps_per_cpu_s" in sb:  # the load-independent twin (CPU seconds)
                 summary["steps_per_cpu_s_ratio_fusegen_over_sb3"] = fg["steps_per_cpu_s"] / sb["steps_per_cpu_s"]
     else:
