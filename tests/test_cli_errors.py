@@ -213,6 +213,27 @@ def test_second_live_fit_on_a_run_folder_is_refused_naming_folder_and_pid(in_tmp
         holder.wait()
 
 
+def test_a_benchmark_run_into_a_live_run_folder_is_refused_and_deletes_nothing(in_tmp: Path):
+    """Benchmarks train through ``run_experiment``, which empties the run folder first: while another
+    process trains there (a ``--train-only`` run of the same variant), it must refuse instead."""
+    from experiments.demos import run_experiment
+
+    run_dir = in_tmp / "runs" / "synthetic-concat"
+    holder = _hold(run_dir)
+    try:
+        (run_dir / "checkpoints").mkdir()
+        (run_dir / "checkpoints" / "last.ckpt").write_text("the other run's")
+        with pytest.raises(RunFolderBusyError, match=f"PID {holder.pid}"):
+            run_experiment(SYNTHETIC, [*QUICK, *TINY], in_tmp / "runs", "synthetic-concat", fit=False)
+        assert (run_dir / "checkpoints" / "last.ckpt").read_text() == "the other run's"
+    finally:
+        holder.kill()
+        holder.wait()
+    run = run_experiment(SYNTHETIC, [*QUICK, *TINY], in_tmp / "runs", "synthetic-concat", fit=False)
+    assert not (run_dir / "checkpoints" / "last.ckpt").exists()  # free again: the rerun starts clean
+    assert run.run_dir == run_dir and not (run_dir / LOCK_NAME).exists()
+
+
 def test_stale_lock_of_a_dead_process_is_taken_over_with_one_line(in_tmp: Path, monkeypatch: pytest.MonkeyPatch):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

@@ -140,19 +140,25 @@ def run_experiment(config: str | Path, overrides: list[str], out_dir: Path, expe
     progress is the per-epoch line of :class:`EpochLine` (Lightning's bar is off: it does not
     survive logs and pipes)."""
     from experiments.cli import FusegenCLI
+    from experiments.runlock import LOCK_NAME, RunLock
 
     run_dir = Path(out_dir) / experiment
-    shutil.rmtree(run_dir, ignore_errors=True)  # a rerun of the demo starts clean
-    args = ["--config", str(config), *overrides, "--experiment", experiment,
-            "--trainer.default_root_dir", str(out_dir),
-            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
-    cli = FusegenCLI(args=args, run=False)
-    cli.trainer.callbacks.append(EpochLine(experiment))
-    run = Run(cli=cli, run_dir=run_dir)
-    if fit:
-        start = time.perf_counter()
-        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-        run.fit_seconds = time.perf_counter() - start
+    # The folder lock first (as `fusegen fit` takes it): a folder another live run trains into is
+    # refused before anything in it is deleted.
+    with RunLock(run_dir):
+        for child in list(run_dir.iterdir()):  # a rerun starts clean
+            if child.name != LOCK_NAME:
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        args = ["--config", str(config), *overrides, "--experiment", experiment,
+                "--trainer.default_root_dir", str(out_dir),
+                "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+        cli = FusegenCLI(args=args, run=False)
+        cli.trainer.callbacks.append(EpochLine(experiment))
+        run = Run(cli=cli, run_dir=run_dir)
+        if fit:
+            start = time.perf_counter()
+            cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+            run.fit_seconds = time.perf_counter() - start
     return run
 
 
