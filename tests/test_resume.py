@@ -204,10 +204,15 @@ def test_sigterm_mid_epoch_saves_the_step_and_resume_continues_exactly(tmp_path:
 
 def test_sigint_mid_epoch_saves_the_step_and_resume_continues_exactly(tmp_path: Path, uninterrupted) -> None:
     # Ctrl+C at the start of step 6 (batch 1 of epoch 1): that step still finishes and is saved.
-    with pytest.raises(SystemExit) as stopped:
-        fit(tmp_path, FUSION, "--trainer.callbacks+", _signal_callback(step=6, signal="SIGINT"))
-    assert stopped.value.code == 128 + signal.SIGINT
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "the Ctrl+C handler was not restored"
+    # Python's own Ctrl+C handler first, as in a terminal: a shell's background job starts with SIGINT ignored.
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            fit(tmp_path, FUSION, "--trainer.callbacks+", _signal_callback(step=6, signal="SIGINT"))
+        assert stopped.value.code == 128 + signal.SIGINT
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "the Ctrl+C handler was not restored"
+    finally:
+        signal.signal(signal.SIGINT, outer)
     _check_preempted_checkpoint(tmp_path, 7)
 
     resumed = fit(tmp_path, FUSION, "--ckpt_path", "last")
